@@ -1,0 +1,1 @@
+"""The pure core of openbuda: ids, states, transitions, events and validation. No I/O here."""

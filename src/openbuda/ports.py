@@ -1,0 +1,427 @@
+"""The boundaries of openbuda: small async protocols that adapters implement.
+
+Stores
+    ``Store`` opens transactions. A write transaction (``Store.write()``) holds the session rows
+    it locks until it ends; on SQLite there is one writer at a time, on PostgreSQL row locks
+    (``FOR UPDATE``; claims ``FOR UPDATE SKIP LOCKED``). Services compose the primitives of
+    ``WriteTx`` into use-cases (a message, its task and its ``task.status`` event in one
+    transaction). ``Store.read()`` gives the read primitives without taking the write lock.
+
+Models
+    ``ModelClient`` answers one ``ModelInput`` with one ``ModelReply`` and may stream text
+    deltas through a callback.
+
+Broadcaster
+    Delivers stored and ephemeral events of a session to live subscribers.
+
+Clock
+    The time, so that tests can move it.
+
+Every protocol has one conformance suite in ``tests/conformance`` that every adapter passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from openbuda.domain.conversation import ModelInput, ModelReply
+from openbuda.domain.events import NewEvent
+from openbuda.domain.records import (
+    Agent,
+    AgentSettings,
+    ApiKey,
+    Event,
+    Member,
+    Question,
+    Role,
+    Session,
+    Space,
+    Task,
+    TaskError,
+    TaskResult,
+)
+from openbuda.domain.states import SessionStatus, TaskStatus
+
+__all__ = [
+    "AgentPatch",
+    "Broadcaster",
+    "Clock",
+    "ContextProjection",
+    "EventReader",
+    "EventWriter",
+    "Fence",
+    "KeyWriter",
+    "ListSessions",
+    "ListTasks",
+    "ModelClient",
+    "NewAgent",
+    "NewApiKey",
+    "NewSession",
+    "NewTask",
+    "Page",
+    "ReadEvents",
+    "ReadTx",
+    "SessionWriter",
+    "Store",
+    "StoreCapabilities",
+    "Subscription",
+    "TaskChange",
+    "TaskWriter",
+    "TextDeltaSink",
+    "WriteTx",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Request objects
+
+
+@dataclass(frozen=True, slots=True)
+class Page[T]:
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    space_id: str
+    member_id: str
+    name: str
+    role: Role
+    secret_hash: str
+    """sha256 hex of the secret; the secret itself is never stored."""
+    prefix: str
+    expires_at: datetime | None
+    key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewAgent:
+    space_id: str
+    name: str
+    description: str = ""
+    instructions: str = ""
+    model: str | None = None
+    settings: AgentSettings = field(default_factory=AgentSettings)
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPatch:
+    """Fields left ``None`` stay as they are (``model`` uses ``set_model`` to allow clearing)."""
+
+    name: str | None = None
+    description: str | None = None
+    instructions: str | None = None
+    model: str | None = None
+    set_model: bool = False
+    settings: AgentSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    space_id: str
+    agent_id: str
+    title: str = ""
+    external_user_id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListSessions:
+    space_id: str
+    agent_id: str
+    now: datetime
+    status: SessionStatus | None = None
+    external_user_id: str | None = None
+    query: str | None = None
+    """Case-insensitive substring of the title."""
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListTasks:
+    space_id: str
+    status: TaskStatus | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvents:
+    space_id: str
+    session_id: str
+    after_seq: int = 0
+    limit: int | None = None
+    task_id: str | None = None
+    types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    space_id: str
+    agent_id: str
+    session_id: str
+    task_id: str
+    message_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A lease held on a task: writes of the holder succeed only while it is current."""
+
+    task_id: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChange:
+    """A compare-and-set transition: applied only when the task's status is in ``sources``.
+
+    Fields set here are written with the status; ``clear_lease`` empties owner and expiry;
+    ``lease_owner`` with ``lease_until`` takes a new lease and increments ``lease_epoch``.
+    ``fence`` additionally requires the current ``lease_epoch``.
+    """
+
+    space_id: str
+    task_id: str
+    sources: frozenset[TaskStatus]
+    target: TaskStatus
+    now: datetime
+    fence: Fence | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    clear_lease: bool = False
+    question: Question | None = None
+    clear_question: bool = False
+    result: TaskResult | None = None
+    error: TaskError | None = None
+    set_started: bool = False
+    set_finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContextProjection:
+    """The stored context of a session: a rolling summary of events up to ``through_seq``.
+
+    The model input is the summary plus the conversation events after ``through_seq``.
+    ``tokens_after`` estimates the tokens of those events; the store keeps it current on append.
+    """
+
+    summary: str = ""
+    through_seq: int = 0
+    tokens_after: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCapabilities:
+    dialect: str
+    skip_locked: bool
+    """Claims skip rows another transaction holds (PostgreSQL)."""
+    concurrent_writers: bool
+    """Several write transactions may run at once (PostgreSQL); SQLite has one writer."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+
+
+class ReadTx(Protocol):
+    """Reads, scoped by ``space_id``: an id of another space is simply not found (``None``)."""
+
+    async def get_space(self, space_id: str) -> Space | None: ...
+    async def get_agent(self, space_id: str, agent_id: str) -> Agent | None: ...
+    async def list_agents(self, space_id: str, limit: int, cursor: str | None) -> Page[Agent]: ...
+    async def get_session(self, space_id: str, session_id: str, now: datetime) -> Session | None:
+        """The session with its computed ``status`` and ``open_question``."""
+        ...
+
+    async def list_sessions(self, request: ListSessions) -> Page[Session]: ...
+    async def get_task(self, space_id: str, task_id: str) -> Task | None: ...
+    async def list_tasks(self, request: ListTasks) -> Page[Task]: ...
+    async def session_tasks(
+        self, space_id: str, session_id: str, statuses: frozenset[TaskStatus]
+    ) -> list[Task]:
+        """The session's tasks in these statuses, oldest first."""
+        ...
+
+
+class EventReader(Protocol):
+    async def read_events(self, request: ReadEvents) -> list[Event]:
+        """Stored events in ``seq`` order after ``after_seq``, optionally of one task or types."""
+        ...
+
+    async def get_context(self, space_id: str, session_id: str) -> ContextProjection | None: ...
+
+
+class KeyReader(Protocol):
+    async def find_api_key(self, secret_hash: str) -> tuple[ApiKey, Member] | None:
+        """The key with this hash and its member, whatever its expiry (the caller checks)."""
+        ...
+
+    async def list_api_keys(self, space_id: str) -> list[ApiKey]: ...
+    async def any_api_key(self) -> bool: ...
+
+
+class EventWriter(Protocol):
+    async def append(
+        self,
+        space_id: str,
+        session_id: str,
+        events: Sequence[NewEvent],
+        now: datetime,
+        *,
+        fence: Fence | None = None,
+    ) -> list[Event]:
+        """Append events with the next gapless ``seq`` values of the session.
+
+        Raises ``NotFound`` when the session does not exist in the space and ``LeaseLost`` when
+        ``fence`` is given and the task is not ``running`` with that ``lease_epoch`` (nothing is
+        written). Updates the session's ``last_seq``, ``last_activity_at`` and the context's
+        ``tokens_after``. Writes only the new rows.
+        """
+        ...
+
+    async def put_context(
+        self, space_id: str, session_id: str, context: ContextProjection
+    ) -> None: ...
+
+
+class SessionWriter(Protocol):
+    async def lock_session(self, space_id: str, session_id: str, now: datetime) -> Session | None:
+        """Lock the session row until the transaction ends; ``None`` when not found."""
+        ...
+
+    async def create_session(self, request: NewSession, now: datetime) -> Session: ...
+    async def rename_session(self, space_id: str, session_id: str, title: str) -> bool: ...
+    async def delete_session(self, space_id: str, session_id: str) -> bool:
+        """Delete the session with its events and tasks."""
+        ...
+
+    async def create_agent(self, request: NewAgent, now: datetime) -> Agent: ...
+    async def update_agent(
+        self, space_id: str, agent_id: str, patch: AgentPatch, now: datetime
+    ) -> Agent | None: ...
+    async def delete_agent(self, space_id: str, agent_id: str) -> bool:
+        """Delete the agent with its sessions, events and tasks."""
+        ...
+
+
+class TaskWriter(Protocol):
+    async def insert_task(self, request: NewTask) -> Task: ...
+    async def change_task(self, change: TaskChange) -> Task | None:
+        """Apply a compare-and-set transition; ``None`` when the task was not in ``sources``
+        (or the fence did not match). Does not append the ``task.status`` event: the service
+        does that in the same transaction."""
+        ...
+
+    async def check_fence(self, fence: Fence, lease_until: datetime) -> bool:
+        """Whether the lease is current; extends it to ``lease_until`` when it is."""
+        ...
+
+    async def add_steer(self, space_id: str, task_id: str) -> bool:
+        """Count one more steer message for a queued or running task."""
+        ...
+
+    async def claimable_tasks(self, now: datetime, limit: int) -> list[Task]:
+        """Queued tasks that may start now: the oldest queued task of each session that has
+        no running or waiting task, oldest first. On PostgreSQL rows locked by another claim
+        are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        ...
+
+    async def expired_leases(self, now: datetime, limit: int) -> list[Task]:
+        """Running tasks whose lease ended before ``now`` (locked, skipping locked ones)."""
+        ...
+
+    async def owned_tasks(self, worker_id: str | None) -> list[Task]:
+        """Running tasks leased by ``worker_id`` (every running task when ``None``)."""
+        ...
+
+    async def extend_leases(self, worker_id: str, task_ids: Sequence[str], until: datetime) -> int:
+        """Heartbeat: extend the leases ``worker_id`` holds on these running tasks."""
+        ...
+
+
+class KeyWriter(Protocol):
+    async def create_space(self, name: str, now: datetime) -> Space: ...
+    async def create_member(self, space_id: str, name: str, role: Role, now: datetime) -> Member: ...
+    async def create_api_key(self, request: NewApiKey, now: datetime) -> ApiKey: ...
+    async def touch_api_key(self, key_id: str, now: datetime) -> None: ...
+    async def revoke_api_key(self, space_id: str, key_id: str, now: datetime) -> bool: ...
+
+
+@runtime_checkable
+class WriteTx(ReadTx, EventReader, KeyReader, EventWriter, SessionWriter, TaskWriter, KeyWriter, Protocol):
+    """Everything a write transaction can do; see the protocols it combines."""
+
+
+@runtime_checkable
+class AnyReadTx(ReadTx, EventReader, KeyReader, Protocol):
+    """Everything a read transaction can do."""
+
+
+class Store(Protocol):
+    capabilities: StoreCapabilities
+
+    def write(self) -> AbstractAsyncContextManager[WriteTx]:
+        """A write transaction; commits on normal exit, rolls back on an exception."""
+        ...
+
+    def read(self) -> AbstractAsyncContextManager[AnyReadTx]: ...
+    async def migrate(self) -> None:
+        """Bring the schema to the latest revision (Alembic)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+TextDeltaSink = Callable[[str], Awaitable[None]]
+
+
+class ModelClient(Protocol):
+    name: str
+    """``provider:model`` as configured."""
+
+    async def respond(self, request: ModelInput, on_text: TextDeltaSink | None = None) -> ModelReply:
+        """Answer one model call. Text deltas go to ``on_text`` as they arrive when given.
+
+        Raises ``ModelError`` (retryable) for provider failures, ``BadModelReply`` for unusable
+        replies and ``NoModel`` when no model is configured.
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Broadcaster and clock
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+class Broadcaster(Protocol):
+    async def publish(self, session_id: str, event: dict[str, Any]) -> None:
+        """Deliver an event (stored: ``Event.to_json()``; ephemeral: ``{"type", "data"}``)."""
+        ...
+
+    def subscribe(self, session_id: str) -> Subscription: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
