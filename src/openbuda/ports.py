@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from openbuda.domain.conversation import ModelInput, ModelReply
 from openbuda.domain.events import NewEvent
@@ -48,12 +48,14 @@ from openbuda.domain.states import SessionStatus, TaskStatus
 
 __all__ = [
     "AgentPatch",
+    "AnyReadTx",
     "Broadcaster",
     "Clock",
     "ContextProjection",
     "EventReader",
     "EventWriter",
     "Fence",
+    "KeyReader",
     "KeyWriter",
     "ListSessions",
     "ListTasks",
@@ -80,8 +82,11 @@ __all__ = [
 # Request objects
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
-class Page[T]:
+class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None
 
@@ -351,6 +356,10 @@ class TaskWriter(Protocol):
 
 
 class KeyWriter(Protocol):
+    async def lock_keys(self) -> None:
+        """Serialise key creation until the transaction ends (bootstrap creates one key only)."""
+        ...
+
     async def create_space(self, name: str, now: datetime) -> Space: ...
     async def create_member(self, space_id: str, name: str, role: Role, now: datetime) -> Member: ...
     async def create_api_key(self, request: NewApiKey, now: datetime) -> ApiKey: ...

@@ -1,0 +1,135 @@
+"""The ``openbuda`` command line.
+
+Every option has an environment twin (``OPENBUDA_*``, read once into ``Settings``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+
+from openbuda import __version__
+from openbuda.settings import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="openbuda",
+    help="Self-hostable runtime for AI agents: isolated sessions, durable tasks, Drive.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="OPENBUDA_HOME", help="Data directory (default ~/.openbuda)."),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="OPENBUDA_DATABASE_URL",
+        help="SQLAlchemy URL (default: SQLite in the data directory).",
+    ),
+]
+
+
+def _settings(home: Path | None, database_url: str | None, **extra: object) -> Settings:
+    values: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
+    if home is not None:
+        values["home"] = home
+    if database_url is not None:
+        values["database_url"] = database_url
+    return Settings(**values)  # pyright: ignore[reportArgumentType]
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+@app.command()
+def migrate(home: HomeOption = None, database_url: DatabaseOption = None) -> None:
+    """Create or upgrade the database schema."""
+    from openbuda.stores import open_store
+
+    settings = _settings(home, database_url)
+
+    async def run() -> None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = open_store(settings.resolved_database_url())
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    anyio.run(run)
+    console.print(f"[green]database is up to date[/] ({_redact(settings.resolved_database_url())})")
+
+
+@app.command()
+def demo(
+    message: Annotated[
+        list[str] | None,
+        typer.Option("--message", "-m", help="Send this message (repeatable); default: ask on stdin."),
+    ] = None,
+    answer: Annotated[
+        list[str] | None,
+        typer.Option("--answer", "-a", help="Answer the agent's questions with these, in order."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", envvar="OPENBUDA_MODEL", help="provider:model")
+    ] = None,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON lines.")] = False,
+) -> None:
+    """Chat with an agent through the library, in this process (until `openbuda serve`).
+
+    With no provider configured this uses the small bundled offline model (extra `local`).
+    The agent may ask you a question; you answer at the prompt (or with --answer).
+    """
+    from openbuda.cli.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = _settings(home, database_url, model=model)
+    code = anyio.run(
+        lambda: run_demo(
+            settings,
+            messages=list(message or []),
+            answers=list(answer or []),
+            interactive=sys.stdin.isatty() and not message,
+            as_json=as_json,
+            console=console,
+        )
+    )
+    raise typer.Exit(code)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        raise SystemExit(130) from None
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)

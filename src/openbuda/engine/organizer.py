@@ -1,0 +1,270 @@
+"""The organizer: decides what runs when, in one engine process.
+
+- claims queued tasks with a lease (``lease_owner``, ``lease_until``, a fencing
+  ``lease_epoch``), a bounded pool of concurrent runs per process and per space, with fair turns
+  across spaces so one busy tenant never starves the others;
+- heartbeats the leases of the runs it holds;
+- reaps leases that expired anywhere (``running -> queued``, reason ``lease_expired``);
+- at start re-queues what an earlier incarnation of this worker held (in the embedded mode:
+  every running task), so recovery after a restart takes well under a second.
+
+A waiting task costs nothing here: it holds no lease and no coroutine. Model calls are I/O, so
+one process keeps many runs in flight as coroutines of one task group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus as AnyioTaskStatus
+
+from openbuda.domain.ids import new_id
+from openbuda.domain.records import Event, Task, TaskError
+from openbuda.domain.states import TaskStatus
+from openbuda.engine.loop import EngineDeps, TaskRunner
+from openbuda.ports import Fence, TaskChange, WriteTx
+from openbuda.service.transitions import transition
+
+__all__ = ["Organizer"]
+
+log = logging.getLogger("openbuda.engine")
+
+LEASE_EXPIRED = "lease_expired"
+
+
+class Organizer:
+    def __init__(self, deps: EngineDeps, *, worker_id: str | None = None) -> None:
+        self.deps = deps
+        settings = deps.settings
+        self.worker_id = worker_id or settings.worker_id or new_id("task").replace("tsk_", "wrk_")
+        self.max_concurrent = settings.max_concurrent_tasks
+        self.max_per_space = settings.max_tasks_per_space
+        self.runner = TaskRunner(deps)
+        self._wake = anyio.Event()
+        self._running: dict[str, anyio.CancelScope] = {}
+        self._per_space: Counter[str] = Counter()
+        self.started = anyio.Event()
+
+    # -- hooks for services --------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for queued tasks now (a message was stored, a slot freed)."""
+        self._wake.set()
+
+    def cancel_task(self, task_id: str) -> None:
+        """Stop this process's run of ``task_id`` at once (it was cancelled in the store)."""
+        scope = self._running.get(task_id)
+        if scope is not None:
+            scope.cancel()
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # -- main ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; on the way out re-queue the tasks this worker still holds."""
+        await self.recover()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeat_loop)
+                group.start_soon(self._reaper_loop)
+                self.started.set()
+                task_status.started()
+                await self._claim_loop(group)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._requeue_owned(self.worker_id)
+                except Exception:  # the store may be gone already; the reaper will see to it
+                    log.exception("could not re-queue the tasks of worker %s", self.worker_id)
+
+    async def recover(self) -> int:
+        """Re-queue the running tasks of an earlier incarnation (embedded: all of them)."""
+        count = await self._requeue_owned(None if self.deps.settings.embedded else self.worker_id)
+        if count:
+            log.info("re-queued %d task(s) left running by an earlier process", count)
+        return count
+
+    async def _requeue_owned(self, owner: str | None) -> int:
+        published: list[Event] = []
+        async with self.deps.store.write() as tx:
+            for task in await tx.owned_tasks(owner):
+                published += await self._requeue_one(tx, task)
+        await self._publish(published)
+        if published:
+            self.wake()
+        return sum(1 for e in published if e.type == "task.status")
+
+    async def _requeue_one(self, tx: WriteTx, task: Task) -> list[Event]:
+        outcome = await transition(
+            tx,
+            TaskChange(
+                task.space_id,
+                task.id,
+                frozenset({TaskStatus.RUNNING}),
+                TaskStatus.QUEUED,
+                self.deps.clock.now(),
+                fence=Fence(task.id, task.lease_epoch),
+                clear_lease=True,
+            ),
+            session_id=task.session_id,
+            reason=LEASE_EXPIRED,
+        )
+        return outcome[1] if outcome else []
+
+    # -- claims --------------------------------------------------------------------------------
+
+    async def _claim_loop(self, group: TaskGroup) -> None:
+        poll = self.deps.settings.poll_seconds
+        while True:
+            self._wake = anyio.Event()
+            free = self.max_concurrent - len(self._running)
+            claimed: list[Task] = []
+            if free > 0:
+                try:
+                    claimed = await self.claim(free)
+                except Exception:
+                    log.exception("claiming tasks failed; retrying")
+            for task in claimed:
+                scope = anyio.CancelScope()
+                self._running[task.id] = scope
+                self._per_space[task.space_id] += 1
+                group.start_soon(self._run_one, task, scope)
+            if claimed and len(claimed) == free:
+                continue
+            with anyio.move_on_after(poll):
+                await self._wake.wait()
+
+    async def claim(self, limit: int) -> list[Task]:
+        """Claim up to ``limit`` queued tasks, in fair turns across spaces."""
+        now = self.deps.clock.now()
+        lease_until = now + timedelta(seconds=self.deps.settings.lease_seconds)
+        claimed: list[Task] = []
+        published: list[Event] = []
+        async with self.deps.store.write() as tx:
+            candidates = await tx.claimable_tasks(now, max(limit * 4, 16))
+            for task in self._fair_order(candidates, limit):
+                outcome = await transition(
+                    tx,
+                    TaskChange(
+                        task.space_id,
+                        task.id,
+                        frozenset({TaskStatus.QUEUED}),
+                        TaskStatus.RUNNING,
+                        now,
+                        lease_owner=self.worker_id,
+                        lease_until=lease_until,
+                        set_started=True,
+                    ),
+                    session_id=task.session_id,
+                )
+                if outcome is not None:
+                    claimed.append(outcome[0])
+                    published += outcome[1]
+        await self._publish(published)
+        return claimed
+
+    def _fair_order(self, candidates: Sequence[Task], limit: int) -> list[Task]:
+        """Round-robin across spaces (oldest first within each), within the per-space limit."""
+        queues: dict[str, list[Task]] = {}
+        for task in candidates:
+            queues.setdefault(task.space_id, []).append(task)
+        room = {space: self.max_per_space - self._per_space[space] for space in queues}
+        chosen: list[Task] = []
+        while len(chosen) < limit and any(queues.values()):
+            for space, queue in queues.items():
+                if queue and room[space] > 0 and len(chosen) < limit:
+                    chosen.append(queue.pop(0))
+                    room[space] -= 1
+                elif queue and room[space] <= 0:
+                    queue.clear()
+        return chosen
+
+    async def _run_one(self, task: Task, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                await self.runner.run(task)
+        except Exception as error:
+            log.exception("task %s crashed the engine", task.id)
+            await self._fail_internal(task, error)
+        finally:
+            self._running.pop(task.id, None)
+            self._per_space[task.space_id] -= 1
+            if self._per_space[task.space_id] <= 0:
+                del self._per_space[task.space_id]
+            self.wake()
+
+    async def _fail_internal(self, task: Task, error: Exception) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self.deps.store.write() as tx:
+                    outcome = await transition(
+                        tx,
+                        TaskChange(
+                            task.space_id,
+                            task.id,
+                            frozenset({TaskStatus.RUNNING}),
+                            TaskStatus.FAILED,
+                            self.deps.clock.now(),
+                            fence=Fence(task.id, task.lease_epoch),
+                            clear_lease=True,
+                            error=TaskError("internal", f"{type(error).__name__}: {error}"),
+                            set_finished=True,
+                        ),
+                        session_id=task.session_id,
+                        reason="internal",
+                    )
+                if outcome is not None:
+                    await self._publish(outcome[1])
+            except Exception:
+                log.exception("could not mark task %s failed", task.id)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        settings = self.deps.settings
+        while True:
+            await anyio.sleep(settings.heartbeat_seconds)
+            if not self._running:
+                continue
+            until = self.deps.clock.now() + timedelta(seconds=settings.lease_seconds)
+            try:
+                async with self.deps.store.write() as tx:
+                    await tx.extend_leases(self.worker_id, list(self._running), until)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _reaper_loop(self) -> None:
+        settings = self.deps.settings
+        while True:
+            await anyio.sleep(max(settings.heartbeat_seconds, settings.lease_seconds / 4))
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("reaping expired leases failed")
+
+    async def reap(self) -> int:
+        """Re-queue running tasks whose lease expired (their worker died or stalled)."""
+        published: list[Event] = []
+        count = 0
+        async with self.deps.store.write() as tx:
+            for task in await tx.expired_leases(self.deps.clock.now(), 100):
+                events = await self._requeue_one(tx, task)
+                if events:
+                    count += 1
+                    published += events
+        await self._publish(published)
+        if count:
+            log.warning("re-queued %d task(s) whose lease expired", count)
+            self.wake()
+        return count
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            await self.deps.broadcaster.publish(event.session_id, event.to_json())

@@ -1,0 +1,151 @@
+"""Agent tools: the protocol a tool implements, the registry, and ``ask_user``.
+
+A tool receives the idempotency key ``task_id:call_id`` of its call. After a crash a tool call
+whose result was never stored is *in doubt*: an ``idempotent`` tool is run again with the same
+key, any other tool gets an ``interrupted`` result and the model decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from openbuda.domain.conversation import ToolSpec
+from openbuda.domain.records import Agent, Session
+
+__all__ = [
+    "ASK_USER",
+    "ASK_USER_SPEC",
+    "Tool",
+    "ToolContext",
+    "ToolOutcome",
+    "ToolRegistry",
+    "check_args",
+]
+
+ASK_USER = "ask_user"
+
+ASK_USER_SPEC = ToolSpec(
+    name=ASK_USER,
+    description=(
+        "Ask the user a question and wait for the answer. Use it when you need a decision, a "
+        "missing detail or an approval. kind 'text' (default) takes free text, 'choice' one of "
+        "`options`, 'approval' a yes/no."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "description": "The question, in plain language."},
+            "kind": {"type": "string", "enum": ["text", "choice", "approval"]},
+            "options": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["prompt"],
+    },
+)
+
+OutputSink = Callable[[Literal["stdout", "stderr"], str], Awaitable[None]]
+
+
+async def _no_output(_stream: Literal["stdout", "stderr"], _text: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    agent: Agent
+    session: Session
+    task_id: str
+    call_id: str
+    emit_output: OutputSink = field(default=_no_output)
+    """Live output, streamed as ephemeral ``tool.output`` events."""
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.task_id}:{self.call_id}"
+
+    @property
+    def is_external(self) -> bool:
+        return self.session.external_user_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    output: str
+    status: Literal["ok", "error"] = "ok"
+    files: tuple[str, ...] = ()
+    """Drive paths the call changed (listed in the task's result)."""
+
+
+class Tool(Protocol):
+    @property
+    def spec(self) -> ToolSpec: ...
+
+    @property
+    def idempotent(self) -> bool:
+        """Safe to run again with the same idempotency key after a crash."""
+        ...
+
+    async def run(self, context: ToolContext, args: dict[str, Any]) -> ToolOutcome: ...
+
+
+class ToolRegistry:
+    """The tools a process offers; each agent enables a subset (``settings.tools``)."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        name = tool.spec.name
+        if name == ASK_USER or name in self._tools:
+            raise ValueError(f"a tool named {name!r} is already registered")
+        self._tools[name] = tool
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def for_agent(self, agent: Agent) -> Mapping[str, Tool]:
+        enabled = agent.settings.tools
+        if enabled is None:
+            return dict(self._tools)
+        return {name: tool for name, tool in self._tools.items() if name in enabled}
+
+    def specs_for(self, agent: Agent) -> tuple[ToolSpec, ...]:
+        return (ASK_USER_SPEC, *(tool.spec for tool in self.for_agent(agent).values()))
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def check_args(spec: ToolSpec, args: Mapping[str, Any]) -> str | None:
+    """A message saying what is wrong with ``args`` for ``spec``, or ``None`` when they fit.
+
+    Checks required properties, the JSON types of known properties and enums: enough to give
+    the model a clear error to correct, without a full JSON Schema engine.
+    """
+    schema = spec.parameters
+    missing = [name for name in schema.get("required", []) if name not in args]
+    if missing:
+        return f"{spec.name}: missing required argument(s) {', '.join(map(repr, missing))}"
+    properties: dict[str, Any] = schema.get("properties", {})
+    for name, value in args.items():
+        prop = properties.get(name)
+        if prop is None:
+            continue
+        expected = prop.get("type")
+        if isinstance(expected, str) and expected in _JSON_TYPES:
+            kinds = _JSON_TYPES[expected]
+            if not isinstance(value, kinds) or (expected in ("integer", "number") and isinstance(value, bool)):
+                return f"{spec.name}: argument {name!r} must be of type {expected}"
+        if "enum" in prop and value not in prop["enum"]:
+            return f"{spec.name}: argument {name!r} must be one of {prop['enum']!r}"
+    return None

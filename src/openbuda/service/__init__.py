@@ -1,0 +1,15 @@
+"""Use-cases: each owns its transaction and the lifecycle rules it applies."""
+
+from openbuda.service.agents import AgentService
+from openbuda.service.deps import ServiceDeps
+from openbuda.service.sessions import MessageAccepted, SessionService
+from openbuda.service.tasks import Answer, TaskService
+
+__all__ = [
+    "AgentService",
+    "Answer",
+    "MessageAccepted",
+    "ServiceDeps",
+    "SessionService",
+    "TaskService",
+]

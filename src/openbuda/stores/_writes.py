@@ -1,0 +1,381 @@
+"""The write transaction of the SQL store: event log, sessions, agents and keys.
+
+``append`` is the hot path of the agent loop. It allocates seqs with one
+``UPDATE sessions SET last_seq = last_seq + :n … RETURNING last_seq`` and inserts the new rows
+in one batch, both in the caller's transaction, so seqs are gapless and a step writes only its
+own events, however long the history. With a fence it first checks the lease (on PostgreSQL
+after locking the session row, then the task row: the store's lock order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import delete, select, update
+
+from openbuda.domain.errors import LeaseLost, NotFound
+from openbuda.domain.events import EPHEMERAL_TYPES, SCHEMA_VERSION, NewEvent
+from openbuda.domain.ids import new_id
+from openbuda.domain.records import Agent, ApiKey, Event, Member, Role, Session, Space
+from openbuda.domain.states import derive_session_status
+from openbuda.ports import AgentPatch, ContextProjection, Fence, NewAgent, NewApiKey, NewSession
+from openbuda.stores._codec import agent_from_row, dump_json, session_from_row, token_estimate
+from openbuda.stores._queries import SESSION_FOR_UPDATE, p_int, p_str, p_time
+from openbuda.stores._tasks import TaskWrites
+from openbuda.stores.schema import agents, api_keys, events, members, sessions, spaces, tasks
+
+__all__ = ["SqlWriteTx"]
+
+_EPHEMERAL: Final = frozenset(str(kind) for kind in EPHEMERAL_TYPES)
+
+_SESSION_ROW_LOCK: Final = (
+    select(sessions.c.id)
+    .where(sessions.c.id == p_str("session"), sessions.c.space_id == p_str("space"))
+    .with_for_update()
+)
+_ALLOCATE_SEQS: Final = (
+    update(sessions)
+    .where(sessions.c.id == p_str("session"), sessions.c.space_id == p_str("space"))
+    .values(
+        last_seq=sessions.c.last_seq + p_int("count"),
+        last_activity_at=p_time("now"),
+        context_tokens=sessions.c.context_tokens + p_int("tokens"),
+    )
+    .returning(sessions.c.last_seq)
+)
+_INSERT_EVENTS: Final = events.insert()
+_PUT_CONTEXT: Final = (
+    update(sessions)
+    .where(sessions.c.id == p_str("session"), sessions.c.space_id == p_str("space"))
+    .values(
+        context_summary=p_str("summary"),
+        context_through_seq=p_int("through_seq"),
+        context_tokens=p_int("tokens"),
+    )
+)
+_AGENT_EXISTS: Final = select(agents.c.id).where(
+    agents.c.id == p_str("agent"), agents.c.space_id == p_str("space")
+)
+_SPACE_EXISTS: Final = select(spaces.c.id).where(spaces.c.id == p_str("space"))
+_MEMBER_EXISTS: Final = select(members.c.id).where(
+    members.c.id == p_str("member"), members.c.space_id == p_str("space")
+)
+
+
+class SqlWriteTx(TaskWrites):
+    """Everything ``WriteTx`` can do, over one write transaction."""
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        space_id: str,
+        session_id: str,
+        events: Sequence[NewEvent],
+        now: datetime,
+        *,
+        fence: Fence | None = None,
+    ) -> list[Event]:
+        if not events:
+            return []
+        scope = {"session": session_id, "space": space_id}
+        if fence is not None:
+            if self._traits.row_locks and (
+                (await self._execute(_SESSION_ROW_LOCK, scope)).first() is None
+            ):
+                raise NotFound.of("session", session_id)
+            if not await self._fence_holds(fence, session_id):
+                raise LeaseLost(
+                    f"task {fence.task_id!r} no longer holds lease epoch {fence.epoch}",
+                    details={"task_id": fence.task_id, "epoch": fence.epoch},
+                )
+        payloads: list[str] = []
+        tokens = 0
+        for event in events:
+            if event.type in _EPHEMERAL:
+                raise ValueError(f"ephemeral event type {event.type!r} is never stored")
+            payload = dump_json(event.data)
+            payloads.append(payload)
+            tokens += token_estimate(event.type, payload)
+        last_seq = (
+            await self._execute(
+                _ALLOCATE_SEQS, {**scope, "count": len(events), "now": now, "tokens": tokens}
+            )
+        ).scalar()
+        if last_seq is None:
+            raise NotFound.of("session", session_id)
+        first_seq = last_seq - len(events) + 1
+        stored = [
+            Event(
+                seq=first_seq + index,
+                id=new_id("event"),
+                session_id=session_id,
+                type=str(event.type),
+                at=now,
+                data=event.data,
+                task_id=event.task_id,
+            )
+            for index, event in enumerate(events)
+        ]
+        await self._execute(
+            _INSERT_EVENTS,
+            [
+                {
+                    "session_id": session_id,
+                    "seq": record.seq,
+                    "id": record.id,
+                    "space_id": space_id,
+                    "type": record.type,
+                    "task_id": record.task_id,
+                    "at": now,
+                    "data": payload,
+                    "schema_version": SCHEMA_VERSION,
+                }
+                for record, payload in zip(stored, payloads, strict=True)
+            ],
+        )
+        return stored
+
+    async def put_context(self, space_id: str, session_id: str, context: ContextProjection) -> None:
+        parameters = {
+            "session": session_id,
+            "space": space_id,
+            "summary": context.summary,
+            "through_seq": context.through_seq,
+            "tokens": context.tokens_after,
+        }
+        if (await self._execute(_PUT_CONTEXT, parameters)).rowcount != 1:
+            raise NotFound.of("session", session_id)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def lock_session(self, space_id: str, session_id: str, now: datetime) -> Session | None:
+        parameters = {"session": session_id, "space": space_id}
+        row = (await self._execute(SESSION_FOR_UPDATE, parameters)).first()
+        return None if row is None else session_from_row(row, now)
+
+    async def create_session(self, request: NewSession, now: datetime) -> Session:
+        scope = {"agent": request.agent_id, "space": request.space_id}
+        idle_timeout_s = (
+            await self._execute(select(agents.c.idle_timeout_s).where(*_agent_scope()), scope)
+        ).scalar()
+        if idle_timeout_s is None:
+            raise NotFound.of("agent", request.agent_id)
+        session_id = request.session_id or new_id("session")
+        await self._execute(
+            sessions.insert(),
+            {
+                "id": session_id,
+                "space_id": request.space_id,
+                "agent_id": request.agent_id,
+                "title": request.title,
+                "external_user_id": request.external_user_id,
+                "created_at": now,
+                "last_activity_at": now,
+                "last_seq": 0,
+                "task_count": 0,
+                "context_summary": "",
+                "context_through_seq": 0,
+                "context_tokens": 0,
+            },
+        )
+        return Session(
+            id=session_id,
+            space_id=request.space_id,
+            agent_id=request.agent_id,
+            title=request.title,
+            external_user_id=request.external_user_id,
+            created_at=now,
+            last_activity_at=now,
+            last_seq=0,
+            task_count=0,
+            status=derive_session_status(
+                has_active_task=False,
+                has_waiting_task=False,
+                last_activity_at=now,
+                now=now,
+                idle_timeout_s=idle_timeout_s,
+            ),
+        )
+
+    async def rename_session(self, space_id: str, session_id: str, title: str) -> bool:
+        statement = (
+            update(sessions)
+            .where(sessions.c.id == session_id, sessions.c.space_id == space_id)
+            .values(title=title)
+        )
+        return (await self._execute(statement)).rowcount == 1
+
+    async def delete_session(self, space_id: str, session_id: str) -> bool:
+        await self._execute(
+            delete(events).where(events.c.session_id == session_id, events.c.space_id == space_id)
+        )
+        await self._execute(
+            delete(tasks).where(tasks.c.session_id == session_id, tasks.c.space_id == space_id)
+        )
+        statement = delete(sessions).where(
+            sessions.c.id == session_id, sessions.c.space_id == space_id
+        )
+        return (await self._execute(statement)).rowcount == 1
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def create_agent(self, request: NewAgent, now: datetime) -> Agent:
+        if (await self._execute(_SPACE_EXISTS, {"space": request.space_id})).first() is None:
+            raise NotFound.of("space", request.space_id)
+        agent = Agent(
+            id=request.agent_id or new_id("agent"),
+            space_id=request.space_id,
+            name=request.name,
+            description=request.description,
+            instructions=request.instructions,
+            model=request.model,
+            settings=request.settings,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._execute(
+            agents.insert(),
+            {
+                "id": agent.id,
+                "space_id": agent.space_id,
+                "name": agent.name,
+                "description": agent.description,
+                "instructions": agent.instructions,
+                "model": agent.model,
+                "settings": agent.settings.model_dump_json(),
+                "idle_timeout_s": agent.settings.idle_timeout_s,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        return agent
+
+    async def update_agent(
+        self, space_id: str, agent_id: str, patch: AgentPatch, now: datetime
+    ) -> Agent | None:
+        values: dict[str, Any] = {"updated_at": now}
+        if patch.name is not None:
+            values["name"] = patch.name
+        if patch.description is not None:
+            values["description"] = patch.description
+        if patch.instructions is not None:
+            values["instructions"] = patch.instructions
+        if patch.set_model or patch.model is not None:
+            values["model"] = patch.model
+        if patch.settings is not None:
+            values["settings"] = patch.settings.model_dump_json()
+            values["idle_timeout_s"] = patch.settings.idle_timeout_s
+        statement = (
+            update(agents)
+            .where(agents.c.id == agent_id, agents.c.space_id == space_id)
+            .values(values)
+            .returning(*agents.c)
+        )
+        row = (await self._execute(statement)).first()
+        return None if row is None else agent_from_row(row)
+
+    async def delete_agent(self, space_id: str, agent_id: str) -> bool:
+        agent_sessions = select(sessions.c.id).where(
+            sessions.c.agent_id == agent_id, sessions.c.space_id == space_id
+        )
+        await self._execute(
+            delete(events).where(
+                events.c.session_id.in_(agent_sessions), events.c.space_id == space_id
+            )
+        )
+        await self._execute(
+            delete(tasks).where(tasks.c.agent_id == agent_id, tasks.c.space_id == space_id)
+        )
+        await self._execute(
+            delete(sessions).where(sessions.c.agent_id == agent_id, sessions.c.space_id == space_id)
+        )
+        statement = delete(agents).where(agents.c.id == agent_id, agents.c.space_id == space_id)
+        return (await self._execute(statement)).rowcount == 1
+
+    # -- spaces, members and keys -----------------------------------------------------------
+
+    async def lock_keys(self) -> None:
+        if self._traits.keys_lock is not None:
+            await self._execute(self._traits.keys_lock)
+
+    async def create_space(self, name: str, now: datetime) -> Space:
+        space = Space(id=new_id("space"), name=name, created_at=now)
+        await self._execute(
+            spaces.insert(), {"id": space.id, "name": space.name, "created_at": now}
+        )
+        return space
+
+    async def create_member(self, space_id: str, name: str, role: Role, now: datetime) -> Member:
+        if (await self._execute(_SPACE_EXISTS, {"space": space_id})).first() is None:
+            raise NotFound.of("space", space_id)
+        member = Member(
+            id=new_id("member"), space_id=space_id, name=name, role=role, created_at=now
+        )
+        await self._execute(
+            members.insert(),
+            {
+                "id": member.id,
+                "space_id": space_id,
+                "name": name,
+                "role": role.value,
+                "created_at": now,
+            },
+        )
+        return member
+
+    async def create_api_key(self, request: NewApiKey, now: datetime) -> ApiKey:
+        scope = {"member": request.member_id, "space": request.space_id}
+        if (await self._execute(_MEMBER_EXISTS, scope)).first() is None:
+            raise NotFound.of("member", request.member_id)
+        key = ApiKey(
+            id=request.key_id or new_id("api_key"),
+            space_id=request.space_id,
+            member_id=request.member_id,
+            name=request.name,
+            role=request.role,
+            prefix=request.prefix,
+            created_at=now,
+            expires_at=request.expires_at,
+            last_used_at=None,
+        )
+        await self._execute(
+            api_keys.insert(),
+            {
+                "id": key.id,
+                "space_id": key.space_id,
+                "member_id": key.member_id,
+                "name": key.name,
+                "role": key.role.value,
+                "secret_hash": request.secret_hash,
+                "prefix": key.prefix,
+                "created_at": now,
+                "expires_at": key.expires_at,
+                "last_used_at": None,
+                "revoked_at": None,
+            },
+        )
+        return key
+
+    async def touch_api_key(self, key_id: str, now: datetime) -> None:
+        await self._execute(
+            update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now)
+        )
+
+    async def revoke_api_key(self, space_id: str, key_id: str, now: datetime) -> bool:
+        statement = (
+            update(api_keys)
+            .where(
+                api_keys.c.id == key_id,
+                api_keys.c.space_id == space_id,
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+        return (await self._execute(statement)).rowcount == 1
+
+
+def _agent_scope() -> list[Any]:
+    return [agents.c.id == p_str("agent"), agents.c.space_id == p_str("space")]

@@ -1,0 +1,234 @@
+"""The relational schema of openbuda, as SQLAlchemy Core tables shared by SQLite and PostgreSQL.
+
+Conventions that keep both dialects behaving the same:
+
+- every row carries ``space_id``; every read filters on it;
+- ids are the prefixed strings of ``openbuda.domain.ids`` (``String(40)``);
+- times are ``UtcDateTime``: ``timestamptz`` on PostgreSQL, fixed-width ISO-8601 text on SQLite
+  (so that text order is time order); both come back as timezone-aware UTC ``datetime``;
+- JSON is plain ``Text`` holding compact ``json.dumps`` output, never a dialect JSON type.
+
+The Alembic revisions in ``migrations/versions`` create exactly this schema;
+``tests/stores/test_migrations.py`` checks that they agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from openbuda.domain.records import Role
+from openbuda.domain.states import TaskStatus
+
+__all__ = [
+    "ID_LENGTH",
+    "UtcDateTime",
+    "agents",
+    "api_keys",
+    "events",
+    "members",
+    "metadata",
+    "sessions",
+    "spaces",
+    "tasks",
+]
+
+ID_LENGTH: Final = 40
+"""Room for ``<prefix>_<26 chars>`` ids and for caller-chosen ids of similar size."""
+
+_SQLITE_TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+_SQLITE_TIME_LENGTH: Final = 32
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC ``datetime``; naive values are refused on the way in."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(_SQLITE_TIME_LENGTH))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: openbuda stores timezone-aware UTC times")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.strftime(_SQLITE_TIME_FORMAT)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:  # pragma: no cover - timestamptz always carries a zone
+            return value.replace(tzinfo=UTC)
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+_ROLE_CHECK: Final = "role IN (" + ", ".join(f"'{role.value}'" for role in Role) + ")"
+
+
+def _id(name: str, *args: Any, **kwargs: Any) -> Column[str]:
+    return Column(name, String(ID_LENGTH), *args, **kwargs)
+
+
+def _time(name: str, *, nullable: bool = False) -> Column[datetime]:
+    return Column(name, UtcDateTime(), nullable=nullable)
+
+
+metadata: Final = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+spaces: Final = Table(
+    "spaces",
+    metadata,
+    _id("id", primary_key=True),
+    Column("name", Text, nullable=False),
+    _time("created_at"),
+)
+"""A tenant. ``space_id`` of a space is its ``id``."""
+
+members: Final = Table(
+    "members",
+    metadata,
+    _id("id", primary_key=True),
+    _id("space_id", ForeignKey("spaces.id"), nullable=False, index=True),
+    Column("name", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    _time("created_at"),
+    CheckConstraint(_ROLE_CHECK, name="role"),
+)
+
+api_keys: Final = Table(
+    "api_keys",
+    metadata,
+    _id("id", primary_key=True),
+    _id("space_id", ForeignKey("spaces.id"), nullable=False, index=True),
+    _id("member_id", ForeignKey("members.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    _time("created_at"),
+    _time("expires_at", nullable=True),
+    _time("last_used_at", nullable=True),
+    _time("revoked_at", nullable=True),
+    UniqueConstraint("secret_hash"),
+    CheckConstraint(_ROLE_CHECK, name="role"),
+)
+
+agents: Final = Table(
+    "agents",
+    metadata,
+    _id("id", primary_key=True),
+    _id("space_id", ForeignKey("spaces.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("instructions", Text, nullable=False),
+    Column("model", Text, nullable=True),
+    Column("settings", Text, nullable=False),
+    Column("idle_timeout_s", Integer, nullable=False),
+    _time("created_at"),
+    _time("updated_at"),
+    Index(None, "space_id", "created_at"),
+)
+"""``settings`` is ``AgentSettings.model_dump_json()``; ``idle_timeout_s`` copies the setting so
+that ``?status=dormant`` can be filtered in SQL."""
+
+sessions: Final = Table(
+    "sessions",
+    metadata,
+    _id("id", primary_key=True),
+    _id("space_id", nullable=False),
+    _id("agent_id", ForeignKey("agents.id"), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("external_user_id", Text, nullable=True),
+    _time("created_at"),
+    _time("last_activity_at"),
+    Column("last_seq", Integer, nullable=False),
+    Column("task_count", Integer, nullable=False),
+    Column("context_summary", Text, nullable=False),
+    Column("context_through_seq", Integer, nullable=False),
+    Column("context_tokens", Integer, nullable=False),
+    Index(None, "agent_id", "last_activity_at"),
+)
+"""``last_seq`` allocates event seqs; ``context_*`` is the ``ContextProjection``."""
+
+tasks: Final = Table(
+    "tasks",
+    metadata,
+    _id("id", primary_key=True),
+    _id("space_id", nullable=False),
+    _id("agent_id", nullable=False),
+    _id("session_id", ForeignKey("sessions.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    _id("message_id", nullable=True),
+    _time("created_at"),
+    _time("started_at", nullable=True),
+    _time("finished_at", nullable=True),
+    Column("question", Text, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("lease_owner", String(200), nullable=True),
+    _time("lease_until", nullable=True),
+    Column("lease_epoch", Integer, nullable=False),
+    Column("steer_count", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{status.value}'" for status in TaskStatus) + ")", name="status"
+    ),
+    Index(None, "status", "created_at"),
+    Index(None, "session_id", "status"),
+    Index(None, "space_id", "created_at"),
+)
+"""``question`` and ``result`` are JSON; ``lease_epoch`` fences the lease holder's writes."""
+
+events: Final = Table(
+    "events",
+    metadata,
+    _id("session_id", ForeignKey("sessions.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    _id("id", nullable=False),
+    _id("space_id", nullable=False),
+    Column("type", String(64), nullable=False),
+    _id("task_id", nullable=True),
+    _time("at"),
+    Column("data", Text, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    PrimaryKeyConstraint("session_id", "seq"),
+    UniqueConstraint("id"),
+    Index(None, "task_id", "seq"),
+)
+"""A session's log: ``(session_id, seq)`` is gapless from 1; ``data`` is JSON."""
