@@ -81,6 +81,11 @@ class Harness:
                     return task
                 await anyio.sleep(0.01)
 
+    async def wait_model_called(self, times: int = 1, timeout: float = 10.0) -> None:
+        with anyio.fail_after(timeout):
+            while len(self.model.inputs) < times:
+                await anyio.sleep(0.005)
+
     async def events(self, session_id: str, task_id: str | None = None) -> list[Event]:
         async with self.store.read() as tx:
             return await tx.read_events(

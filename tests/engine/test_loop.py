@@ -275,7 +275,7 @@ async def test_steer_reaches_the_running_task_at_its_next_step(harness: Harness)
     agent = await harness.agent()
     session = await harness.runtime.sessions.create(harness.principal, agent.id)
     first = await harness.runtime.sessions.send(harness.principal, session.id, "work")
-    await harness.wait_task(first.task_id, frozenset({TaskStatus.RUNNING}))
+    await harness.wait_model_called()
     steer = await harness.runtime.sessions.send(
         harness.principal, session.id, "use metric units", on_busy=OnBusy.STEER
     )
@@ -285,6 +285,7 @@ async def test_steer_reaches_the_running_task_at_its_next_step(harness: Harness)
     turns = harness.model.last_input.turns
     assert turns[-1] == UserTurn("use metric units")
     assert isinstance(turns[-2], ToolResultTurn)
+    assert UserTurn("use metric units") not in harness.model.inputs[0].turns
 
 
 async def test_a_steer_that_arrives_as_the_task_finishes_gets_another_step(
@@ -294,7 +295,7 @@ async def test_a_steer_that_arrives_as_the_task_finishes_gets_another_step(
     agent = await harness.agent()
     session = await harness.runtime.sessions.create(harness.principal, agent.id)
     first = await harness.runtime.sessions.send(harness.principal, session.id, "work")
-    await harness.wait_task(first.task_id, frozenset({TaskStatus.RUNNING}))
+    await harness.wait_model_called()
     await harness.runtime.sessions.send(harness.principal, session.id, "shorter", on_busy=OnBusy.STEER)
     task = await harness.wait_task(first.task_id)
     assert task.result is not None and task.result.text == "with the steer"

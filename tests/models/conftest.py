@@ -24,7 +24,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings that ignore the environment's model configuration and credentials."""
-    return Settings().model_copy(
+    return Settings.model_validate({}).model_copy(
         update={
             "home": tmp_path,
             "model": None,

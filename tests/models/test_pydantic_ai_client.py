@@ -128,8 +128,12 @@ async def test_request_carries_turns_tools_and_streaming(
     assert tool["function"]["parameters"]["properties"] == {"city": {"type": "string"}}
 
 
-async def test_tool_call_with_arguments(server: OpenAIServer, client: PydanticAIModelClient) -> None:
-    server.add({"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "c1"}]})
+async def test_tool_call_with_arguments(
+    server: OpenAIServer, client: PydanticAIModelClient
+) -> None:
+    server.add(
+        {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "c1"}]}
+    )
 
     reply = await client.respond(ASK)
 

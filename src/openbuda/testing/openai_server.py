@@ -109,6 +109,7 @@ class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]
+    """Header names in lower case."""
     body: dict[str, Any] | None
     """The parsed JSON body (``None`` for a GET or a body that is not a JSON object)."""
 
@@ -319,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self._http.owner
-        owner._record(RecordedRequest("GET", self.path, dict(self.headers.items()), None))
+        owner._record(RecordedRequest("GET", self.path, self._headers(), None))
         if not self._authorized():
             return
         if self.path.rstrip("/").endswith("/models"):
@@ -340,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             parsed = None
         body = cast(dict[str, Any], parsed) if isinstance(parsed, dict) else None
-        owner._record(RecordedRequest("POST", self.path, dict(self.headers.items()), body))
+        owner._record(RecordedRequest("POST", self.path, self._headers(), body))
         if not self._authorized():
             return
         if not self.path.rstrip("/").endswith("/chat/completions"):
@@ -359,6 +360,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(body, reply)
         except OSError:  # the client went away (timed out, cancelled)
             self.close_connection = True
+
+    def _headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
 
     def _authorized(self) -> bool:
         key = self._http.owner.api_key

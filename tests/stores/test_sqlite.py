@@ -1,0 +1,160 @@
+"""What is particular to the SQLite adapter: pragmas, one writer, writers in other processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+from sqlalchemy import text
+
+import openbuda
+from openbuda.domain.events import EventType, NewEvent
+from openbuda.domain.records import Role
+from openbuda.ports import NewAgent, NewSession, ReadEvents
+from openbuda.stores import SqliteStore, SqlStore, open_store
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)]
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+CHILD = """
+import sys, anyio
+from datetime import UTC, datetime
+from openbuda.domain.events import EventType, NewEvent
+from openbuda.stores import open_store
+
+async def main(url: str, space_id: str, session_id: str, mode: str) -> None:
+    store = open_store(url)
+    try:
+        if mode == "hold":
+            async with store.write() as tx:
+                await tx.append(space_id, session_id, [NewEvent(EventType.MESSAGE, {"text": "held"})], datetime.now(UTC))
+                print("locked", flush=True)
+                await anyio.sleep(0.5)
+        else:
+            for n in range(100):
+                async with store.write() as tx:
+                    await tx.append(space_id, session_id, [NewEvent(EventType.MESSAGE, {"text": f"child {n}"})], datetime.now(UTC))
+    finally:
+        await store.close()
+    print("done", flush=True)
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+async def new_session(store: SqlStore) -> tuple[str, str]:
+    async with store.write() as tx:
+        space = await tx.create_space("s", T0)
+        await tx.create_member(space.id, "owner", Role.OWNER, T0)
+        agent = await tx.create_agent(NewAgent(space.id, "a"), T0)
+        session = await tx.create_session(NewSession(space.id, agent.id), T0)
+    return space.id, session.id
+
+
+async def start_child(store_url: str, space_id: str, session_id: str, mode: str) -> Process:
+    source = str(Path(openbuda.__path__[0]).parent)
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    return await anyio.open_process(
+        [sys.executable, "-W", "error", "-c", CHILD, store_url, space_id, session_id, mode],
+        env={**os.environ, "PYTHONPATH": path},
+    )
+
+
+async def read_line(process: Process) -> str:
+    assert process.stdout is not None
+    data = b""
+    while not data.endswith(b"\n"):
+        data += await process.stdout.receive(1)
+    return data.decode().strip()
+
+
+async def test_every_connection_has_the_pragmas(store: SqlStore) -> None:
+    expected = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": 1, "foreign_keys": 1}
+
+    async def pragmas(connection: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in expected:
+            found[name] = (await connection.execute(text(f"PRAGMA {name}"))).scalar()
+        return found
+
+    async with store._write_connection() as connection:
+        assert await pragmas(connection) == expected
+    async with store._transaction(store._read_engine) as connection:
+        assert await pragmas(connection) == expected
+
+
+async def test_synchronous_is_configurable(store_url: str) -> None:
+    store = open_store(store_url, synchronous="full")
+    try:
+        async with store._write_connection() as connection:
+            assert (await connection.execute(text("PRAGMA synchronous"))).scalar() == 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_bad_options_are_refused(store_url: str) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteStore(store_url, synchronous="SOMETIMES; DROP TABLE spaces")
+    for url in ("sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"):
+        with pytest.raises(ValueError, match="must be a file"):
+            open_store(url)
+    with pytest.raises(ValueError, match="unsupported"):
+        open_store("mysql://localhost/db")
+
+
+async def test_a_nested_write_in_the_same_task_fails_instead_of_hanging(store: SqlStore) -> None:
+    with anyio.fail_after(5):
+        async with store.write():
+            with pytest.raises(RuntimeError):
+                async with store.write():
+                    pass
+
+
+async def test_writers_in_another_process_interleave_without_gaps(
+    store: SqlStore, store_url: str
+) -> None:
+    space_id, session_id = await new_session(store)
+    child = await start_child(store_url, space_id, session_id, "many")
+    async with child:
+        for n in range(100):
+            async with store.write() as tx:
+                await tx.append(
+                    space_id, session_id, [NewEvent(EventType.MESSAGE, {"text": f"parent {n}"})], T0
+                )
+        with anyio.fail_after(30):
+            assert await read_line(child) == "done"
+            assert await child.wait() == 0
+    async with store.read() as tx:
+        events = await tx.read_events(ReadEvents(space_id, session_id))
+    assert [event.seq for event in events] == list(range(1, 201))
+    texts = [event.data["text"] for event in events]
+    assert sorted(texts) == sorted([f"parent {n}" for n in range(100)] + [f"child {n}" for n in range(100)])
+
+
+async def test_a_writer_waits_for_another_process_to_commit(
+    store: SqlStore, store_url: str
+) -> None:
+    space_id, session_id = await new_session(store)
+    child = await start_child(store_url, space_id, session_id, "hold")
+    async with child:
+        with anyio.fail_after(30):
+            assert await read_line(child) == "locked"
+            started = time.monotonic()
+            async with store.write() as tx:
+                stored = await tx.append(
+                    space_id, session_id, [NewEvent(EventType.MESSAGE, {"text": "after"})], T0
+                )
+            waited = time.monotonic() - started
+            assert await read_line(child) == "done"
+            assert await child.wait() == 0
+    assert [event.seq for event in stored] == [2]
+    assert waited > 0.2
