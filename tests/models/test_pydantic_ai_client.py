@@ -489,7 +489,7 @@ async def test_client_serves_many_calls_concurrently(
         replies[n] = reply.text
 
     async with anyio.create_task_group() as group:
-        for n in range(8):
+        for n in range(32):
             group.start_soon(ask, n)
 
-    assert replies == {n: f"echo: question {n}" for n in range(8)}
+    assert replies == {n: f"echo: question {n}" for n in range(32)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import anyio
 import pytest
 from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.google import GoogleModel
@@ -258,3 +259,19 @@ async def test_resolved_openai_client_talks_to_a_compatible_server(settings: Set
         assert request["messages"] == [{"role": "user", "content": "Hello"}]
         headers = server.requests[0].headers
         assert headers.get("authorization") == "Bearer not-needed-for-local"
+
+
+@pytest.mark.usefixtures("closed_models")
+async def test_a_lazy_client_is_built_once_under_concurrency(settings: Settings) -> None:
+    client = resolve_model("openai:gpt-4o-mini", with_settings(settings, openai_api_key="sk"))
+    assert isinstance(client, LazyModelClient)
+    built: list[ModelClient] = []
+
+    async def build() -> None:
+        built.append(await client.client())
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(build)
+
+    assert len({id(one) for one in built}) == 1

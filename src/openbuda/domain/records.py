@@ -55,13 +55,13 @@ class AgentLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    memory_mb: int = Field(1024, ge=16, le=1_048_576)
-    pids: int = Field(256, ge=8, le=65_536)
-    cpus: float = Field(1, gt=0, le=256)
-    file_size_mb: int = Field(100, ge=1, le=1_048_576)
-    tmp_mb: int = Field(512, ge=1, le=1_048_576)
-    disk_mb: int = Field(5120, ge=16, le=16_777_216)
-    exec_timeout_s: int = Field(120, ge=1, le=86_400)
+    memory_mb: int = Field(default=1024, ge=16, le=1_048_576)
+    pids: int = Field(default=256, ge=8, le=65_536)
+    cpus: float = Field(default=1, gt=0, le=256)
+    file_size_mb: int = Field(default=100, ge=1, le=1_048_576)
+    tmp_mb: int = Field(default=512, ge=1, le=1_048_576)
+    disk_mb: int = Field(default=5120, ge=16, le=16_777_216)
+    exec_timeout_s: int = Field(default=120, ge=1, le=86_400)
 
 
 class AgentSettings(BaseModel):
@@ -69,16 +69,16 @@ class AgentSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    idle_timeout_s: int = Field(900, ge=1)
-    sleep_timeout_s: int = Field(1800, ge=300, le=28_800)
-    max_steps: int = Field(50, ge=1, le=10_000)
+    idle_timeout_s: int = Field(default=900, ge=1)
+    sleep_timeout_s: int = Field(default=1800, ge=300, le=28_800)
+    max_steps: int = Field(default=50, ge=1, le=10_000)
     tools: list[str] | None = None
     """Enabled tool names; ``None`` means every built-in tool. ``ask_user`` is always on."""
     approval_tools: list[str] = Field(default_factory=list[str])
     external_users_can_write: bool = False
     network: Literal["none", "internet"] = "none"
     limits: AgentLimits = Field(default_factory=AgentLimits)
-    context_token_budget: int = Field(24_000, ge=500, le=10_000_000)
+    context_token_budget: int = Field(default=24_000, ge=500, le=10_000_000)
     """Past this estimate of tokens the older turns of a session are compacted into a summary."""
 
 

@@ -143,11 +143,13 @@ class Organizer:
 
     async def claim(self, limit: int) -> list[Task]:
         """Claim up to ``limit`` queued tasks, in fair turns across spaces."""
-        now = self.deps.clock.now()
-        lease_until = now + timedelta(seconds=self.deps.settings.lease_seconds)
         claimed: list[Task] = []
         published: list[Event] = []
         async with self.deps.store.write() as tx:
+            # the time once the write lock is ours: a claim that waited for the session's
+            # previous task to finish must not start before it ended
+            now = self.deps.clock.now()
+            lease_until = now + timedelta(seconds=self.deps.settings.lease_seconds)
             candidates = await tx.claimable_tasks(now, max(limit * 4, 16))
             for task in self._fair_order(candidates, limit):
                 outcome = await transition(

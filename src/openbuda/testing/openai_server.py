@@ -269,6 +269,7 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default 5 drops connections when many clients call at once
 
     def __init__(self, address: tuple[str, int], owner: OpenAIServer) -> None:
         self.owner = owner
