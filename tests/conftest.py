@@ -132,7 +132,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{path}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     database: str = request.getfixturevalue("postgres_database")
-    server.execute(f"TRUNCATE {', '.join(TABLES)}", database=database)
+    server.execute(*(f"DELETE FROM {table}" for table in TABLES), database=database)
     return server.store_url(database)
 
 
