@@ -338,8 +338,9 @@ class TaskWriter(Protocol):
 
     async def claimable_tasks(self, now: datetime, limit: int) -> list[Task]:
         """Queued tasks that may start now: the oldest queued task of each session that has
-        no running or waiting task, oldest first. On PostgreSQL rows locked by another claim
-        are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        no running or waiting task, in turns across spaces (each space's oldest, then each
+        space's second oldest, …; oldest first within a turn). On PostgreSQL rows locked by
+        another claim are skipped (``FOR UPDATE SKIP LOCKED``)."""
         ...
 
     async def expired_leases(self, now: datetime, limit: int) -> list[Task]:

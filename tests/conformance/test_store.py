@@ -113,6 +113,29 @@ async def test_a_read_held_open_does_not_block_writes(world: World) -> None:
     assert len(await world.events(session)) == 1
 
 
+async def test_many_concurrent_transactions_all_finish(world: World) -> None:
+    """More transactions than pooled connections queue instead of starving each other."""
+    session = await world.session()
+
+    async def reader() -> None:
+        async with world.store.read() as tx:
+            for _ in range(3):
+                await tx.get_session(world.space.id, session.id, T0)
+                await anyio.sleep(0)
+
+    async def writer(number: int) -> None:
+        async with world.store.write() as tx:
+            await tx.append(world.space.id, session.id, [message(str(number))], T0)
+            await anyio.sleep(0)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            for number in range(40):
+                group.start_soon(reader)
+                group.start_soon(writer, number)
+    assert (await world.get_session(session)).last_seq == 40
+
+
 async def test_times_come_back_timezone_aware_utc(world: World) -> None:
     session = await world.session(when=datetime(2025, 6, 1, 14, 0, tzinfo=UTC))
     found = await world.get_session(session)
@@ -276,7 +299,7 @@ async def test_an_append_touches_only_the_new_rows(world: World) -> None:
     def record(*args: Any) -> None:
         statements.append(args[2])
 
-    engine = world.store._write_engine.sync_engine
+    engine = world.store.write_engine
 
     async def step() -> int:
         statements.clear()

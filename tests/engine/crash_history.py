@@ -27,7 +27,6 @@ from openbuda.domain.states import TRANSITIONS, TaskStatus
 
 from .crash_worker import (
     APPROVAL_TOOL,
-    IDEMPOTENT_TOOL,
     ONCE_TOOL,
     TOOL_NAMES,
     Plan,
@@ -157,7 +156,9 @@ def _check_incarnations(history: History, report: Report) -> None:
     for incarnation in history.incarnations:
         if incarnation.clean:
             if incarnation.returncode != 0:
-                report.fail(f"the clean run {incarnation.index} exited with {incarnation.returncode}")
+                report.fail(
+                    f"the clean run {incarnation.index} exited with {incarnation.returncode}"
+                )
             continue
         report.counts["kills"] += 1
         if incarnation.ready_at is None:
@@ -217,7 +218,11 @@ class _TaskCheck:
         if task.lease_owner is not None or task.question is not None:
             self.fail(f"a terminal task still holds {task.lease_owner!r} / {task.question!r}")
         events = self.events
-        if len(events) < 2 or events[0].type != EventType.MESSAGE or events[0].data.get("text") != self.plan.message:
+        if (
+            len(events) < 2
+            or events[0].type != EventType.MESSAGE
+            or events[0].data.get("text") != self.plan.message
+        ):
             self.fail("the log does not start with the task's message")
             return
         self._walk(known_keys)
@@ -229,6 +234,8 @@ class _TaskCheck:
         """call id -> (tool name, the model.response that made it)"""
         intents: dict[str, Event] = {}
         results: dict[str, Event] = {}
+        questions: Counter[str] = Counter()
+        """call id -> questions asked for it"""
         in_doubt: dict[str, int] = {}
         """open call id -> how many times the task was re-queued while it was open"""
         for event in self.events[1:]:
@@ -238,7 +245,9 @@ class _TaskCheck:
                 if status is None and new is not TaskStatus.QUEUED:
                     self.fail(f"the first status is {new.value!r}")
                 elif status is not None and new not in TRANSITIONS[status]:
-                    self.fail(f"event {event.seq}: illegal transition {status.value} -> {new.value}")
+                    self.fail(
+                        f"event {event.seq}: illegal transition {status.value} -> {new.value}"
+                    )
                 if status is TaskStatus.RUNNING and new is TaskStatus.QUEUED:
                     if event.data.get("reason") != "lease_expired":
                         self.fail(f"event {event.seq}: running -> queued for {event.data}")
@@ -268,6 +277,8 @@ class _TaskCheck:
                 intents[call_id] = event
             elif kind == EventType.TOOL_RESULT:
                 self._result(event, calls, intents, results, in_doubt, by_answer=False)
+            elif kind == EventType.QUESTION:
+                questions[str(event.data["call_id"])] += 1
         if status is not TaskStatus.COMPLETED:
             self.fail(f"the log ends with the task {status}")
         tail = [e.type for e in self.events[-3:]]
@@ -275,6 +286,9 @@ class _TaskCheck:
             self.fail(f"the log ends with {tail}, not message, task.result, task.status")
         if len(responses) != len(self.plan.steps) + 1:
             self.fail(f"{len(responses)} model responses for {len(self.plan.steps) + 1} steps")
+        asking = {c for c, (tool, _) in calls.items() if tool in ("ask_user", APPROVAL_TOOL)}
+        if questions != Counter(asking):
+            self.fail(f"questions per call {dict(questions)}, expected one for each of {asking}")
         if set(calls) != set(results):
             self.fail(f"calls without exactly one result: {sorted(set(calls) ^ set(results))}")
         for call_id, (tool, _response) in calls.items():
@@ -358,7 +372,9 @@ class _TaskCheck:
             if len(runs) > 1:
                 self.fail(f"non-idempotent {key} ran {len(runs)} times (incarnations {runs})")
             if runs and runs != [intent_at]:
-                self.fail(f"non-idempotent {key} ran in {runs}, its intent was stored in {intent_at}")
+                self.fail(
+                    f"non-idempotent {key} ran in {runs}, its intent was stored in {intent_at}"
+                )
             if status == "ok" and runs != [result_at]:
                 self.fail(f"{key} has an ok result from {result_at} but ran in {runs}")
             if status == "interrupted":
@@ -369,7 +385,9 @@ class _TaskCheck:
         if len(set(runs)) != len(runs):
             self.fail(f"idempotent {key} ran twice in one incarnation: {runs}")
         if len(runs) > 1 + in_doubt.get(call_id, 0):
-            self.fail(f"idempotent {key} ran {len(runs)} times, in doubt {in_doubt.get(call_id, 0)}")
+            self.fail(
+                f"idempotent {key} ran {len(runs)} times, in doubt {in_doubt.get(call_id, 0)}"
+            )
         if len(runs) > 1:
             self.report.counts[f"{tool} ran again with the same key"] += 1
 
@@ -388,10 +406,10 @@ class _TaskCheck:
         extra = [
             step
             for (other, step) in self.history.model_calls
-            if other == label and step >= len(responses)
+            if other == label and (step >= len(responses) or step > len(self.plan.steps))
         ]
         if extra:
-            self.fail(f"model calls for steps {extra} that have no stored response")
+            self.fail(f"model calls for steps {extra}: past the plan or without a stored response")
 
 
 def _check_answers(history: History, by_task: dict[str, list[Event]], report: Report) -> None:
@@ -405,7 +423,9 @@ def _check_answers(history: History, by_task: dict[str, list[Event]], report: Re
                 questions[str(event.data["id"])] += 1
     for question_id, count in questions.items():
         if count != 1 or len(answered.get(question_id, [])) != 1:
-            report.fail(f"question {question_id}: asked {count}x, answered {len(answered.get(question_id, []))}x")
+            report.fail(
+                f"question {question_id}: asked {count}x, answered {len(answered.get(question_id, []))}x"
+            )
     given = {answer.question_id for answer in history.answers}
     for answer in history.answers:
         stored = answered.get(answer.question_id, [])

@@ -37,6 +37,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -45,7 +46,6 @@ from openbuda.domain.conversation import (
     AssistantTurn,
     ModelInput,
     ModelReply,
-    ToolCall,
     ToolResultTurn,
     UserTurn,
 )
@@ -133,7 +133,11 @@ def expected_reply(plan: Plan, step: int) -> ModelReply:
                 tool_call("ask_user", {"prompt": f"{plan.label} question {step}?"}, call_id=call_id)
             )
         case "choose":
-            args = {"prompt": f"{plan.label} pick {step}", "kind": "choice", "options": list(CHOICES)}
+            args = {
+                "prompt": f"{plan.label} pick {step}",
+                "kind": "choice",
+                "options": list(CHOICES),
+            }
             return calls(tool_call("ask_user", args, call_id=call_id))
         case _:
             assert kind == "deploy", kind
@@ -158,6 +162,8 @@ def _check_turns(plan: Plan, turns: Sequence[object]) -> tuple[int, str | None]:
                 return step, f"step {step}: {result!r} is not the one result of {call.call_id}"
             index += 1
         step += 1
+    if step > len(plan.steps):
+        return step, f"called again after the final answer of step {len(plan.steps)}"
     return step, None
 
 
@@ -215,19 +221,20 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = Settings(
-        home=args.home,
-        database_url=args.database_url,
-        block_real_models=True,
-        worker_id=args.worker_id,
-        embedded=args.embedded,
-        max_concurrent_tasks=args.concurrency,
-        max_tasks_per_space=args.concurrency,
-        poll_seconds=0.02,
-        heartbeat_seconds=0.2,
-        lease_seconds=args.lease_seconds,
-        model_retries=0,
-    )
+    values: dict[str, Any] = {
+        "home": args.home,
+        "database_url": args.database_url,
+        "block_real_models": True,
+        "worker_id": args.worker_id,
+        "embedded": args.embedded,
+        "max_concurrent_tasks": args.concurrency,
+        "max_tasks_per_space": args.concurrency,
+        "poll_seconds": 0.02,
+        "heartbeat_seconds": 0.2,
+        "lease_seconds": args.lease_seconds,
+        "model_retries": 0,
+    }
+    settings = Settings(**values)
     model = CrashModel(model_log(args.logs, args.incarnation), args.seed)
     tools = ToolRegistry(
         RecordingTool(

@@ -24,7 +24,7 @@ from openbuda.ports import Clock, ModelClient, Store
 from openbuda.runtime import Runtime
 from openbuda.service.sessions import MessageItem
 
-from .conftest import engine_settings
+from tests.harness import engine_settings
 
 __all__ = [
     "SETTLED",
@@ -73,14 +73,18 @@ async def start_runtime(
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "a condition"
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    what: str = "a condition",
+    interval: float = 0.01,
 ) -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    """Poll ``check`` every ``interval`` seconds until it holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await anyio.sleep(0.01)
+        await anyio.sleep(interval)
 
 
 async def all_tasks(
@@ -131,7 +135,9 @@ async def wait_tasks(
         )
 
     try:
-        await wait_for(settled, timeout=timeout, what=f"{len(wanted)} task(s) to settle")
+        await wait_for(
+            settled, timeout=timeout, what=f"{len(wanted)} task(s) to settle", interval=0.05
+        )
     except AssertionError as error:
         pending = {t.id: t.status.value for t in found.values() if t.status not in statuses}
         raise AssertionError(f"{error}; not settled: {pending}") from None

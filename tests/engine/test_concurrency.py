@@ -27,7 +27,7 @@ from openbuda.service.sessions import MessageAccepted, OnBusy
 from openbuda.testing import FunctionModel, call, reply
 from openbuda.testing.tools import RecordingTool
 
-from .conftest import make_principal
+from tests.harness import make_principal
 from .helpers import (
     ConcurrencyTracker,
     all_events,
@@ -321,9 +321,9 @@ async def test_many_sessions_at_once_all_complete_concurrently(
             assert task.session_id == accepted_one.session_id
             assert task.result is not None
             assert task.result.text == f"answer to {accepted_one.session_id}"
-    # one after the other they would take 100 x 50 ms
+    # they overlapped: one after the other they would take 100 x 50 ms
     assert tracker.peak_total >= 10, tracker.peak_total
-    assert elapsed < sessions_count * 0.05 / 2, f"{elapsed:.2f} s"
+    assert elapsed < sum(ended - started for _, started, ended in tracker.spans), elapsed
 
 
 async def test_the_organizer_runs_at_most_max_concurrent_tasks(
@@ -412,11 +412,12 @@ async def _fair_turns_run(
                     what=f"{expected} tasks of 'big' to run",
                 )
         before_small = len(tracker.starts)
-        await wait_for(
-            lambda: _true_when("small" in tracker.starts or per_space >= limit),
-            what="'small' to start while 'big' is busy",
-            timeout=5,
-        )
+        if per_space < limit:
+            await wait_for(
+                lambda: _true_when(tracker.active.get("small") == 2),
+                what="'small' to start in the slots 'big' may not use",
+                timeout=5,
+            )
         release.set()
         big_tasks = await wait_tasks(runtime, big, task_ids[:40], timeout=30)
         small_tasks = await wait_tasks(runtime, small, task_ids[40:])

@@ -32,8 +32,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,8 +47,8 @@ from openbuda.domain.states import TaskStatus
 from openbuda.ports import ReadEvents, Store
 from openbuda.runtime import Runtime
 from openbuda.service.tasks import Answer
+from tests.harness import engine_settings, make_principal
 
-from .conftest import engine_settings, make_principal
 from .crash_history import AnswerRecord, History, Incarnation, check, summary
 from .crash_worker import APPROVAL_TOOL, MODEL_NAME, STEP_KINDS, Plan
 
@@ -79,10 +79,11 @@ def now() -> datetime:
 
 
 async def test_sigkilled_workers_lose_nothing_and_repeat_nothing(
-    store: Store, store_url: str, tmp_path: Path
+    store: Store, store_url: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     seed = crash_seed()
     print(f"\ncrash test seed {seed} (replay: {SEED_ENV}={seed})")
+    record_property("seed", seed)
     started = time.monotonic()
     principal = await make_principal(store)
     history = History(seed=seed, space_id=principal.space_id, plans={})
@@ -221,11 +222,11 @@ class _CrashRun:
                         await self._finish(process)
                     else:
                         await anyio.sleep(delay)
-                process.kill()
             finally:
                 with anyio.CancelScope(shield=True):
                     if process.returncode is None:
-                        process.kill()
+                        with suppress(ProcessLookupError):
+                            process.kill()
                     await process.aclose()
                     record.ended_at = now()
                     record.returncode = process.returncode
@@ -248,7 +249,9 @@ class _CrashRun:
     async def _finish(self, process: Process) -> None:
         """The run without kills: wait until every task is terminal, then stop it cleanly."""
         with anyio.fail_after(FINAL_RUN_TIMEOUT_S):
-            while await self._open_tasks():
+            while True:
+                if not await self._open_tasks():
+                    break
                 await anyio.sleep(0.05)
         process.terminate()
         with anyio.fail_after(20):
@@ -268,7 +271,9 @@ class _CrashRun:
                 assert question is not None, task
                 answer_at = due.setdefault(question.id, time.monotonic() + rng.uniform(0.05, 1.5))
                 if time.monotonic() >= answer_at:
-                    await self._answer(task, rng)
+                    # shielded: an answer stored is an answer recorded, even at cancellation
+                    with anyio.CancelScope(shield=True):
+                        await self._answer(task, rng)
             await anyio.sleep(0.03)
 
     async def _answer(self, task: Task, rng: random.Random) -> None:
@@ -284,7 +289,8 @@ class _CrashRun:
                     accepted = await self.runtime.sessions.send(
                         self.principal, task.session_id, value
                     )
-                    assert accepted.kind == "answer" and accepted.task_id == task.id, accepted
+                    assert accepted.kind == "answer", accepted
+                    assert accepted.task_id == task.id, accepted
                 else:
                     await self.runtime.tasks.answer(
                         self.principal, task.id, Answer(question.id, text=value)
@@ -305,7 +311,7 @@ class _CrashRun:
 
 
 @contextmanager
-def _stderr_file(path: Path) -> Iterator[int]:
+def _stderr_file(path: Path) -> Generator[int]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         yield fd

@@ -107,6 +107,20 @@ async def test_tool_call_when_the_prompt_needs_the_tool(model: LocalModelClient)
     assert call.call_id
 
 
+async def test_with_tools_on_offer_it_can_still_answer_in_words(model: LocalModelClient) -> None:
+    request = ModelInput(
+        turns=(SystemText("You are a helpful assistant."), UserTurn("Hello! How are you?")),
+        tools=(WEATHER,),
+    )
+    deltas = Deltas()
+
+    reply = await model.respond(request, deltas)
+
+    assert reply.tool_calls == ()
+    assert reply.text
+    assert "".join(deltas.items) == reply.text
+
+
 async def test_after_a_tool_result_it_answers_in_text(model: LocalModelClient) -> None:
     request = ModelInput(
         turns=(
@@ -140,11 +154,28 @@ def test_turns_become_chatml_messages() -> None:
 
     assert messages[0] == {"role": "system", "content": "Be brief.\n\nMemory: tea."}
     assert messages[1] == {"role": "user", "content": "Weather?"}
-    assert messages[2]["tool_calls"][0]["function"] == {
-        "name": "get_weather",
-        "arguments": '{"city": "Paris"}',
+    # the template drops tool messages: calls and results are told in words
+    assert messages[2] == {
+        "role": "assistant",
+        "content": '(I call the tool get_weather with {"city": "Paris"})',
     }
     assert messages[3] == {"role": "user", "content": "The tool get_weather failed:\nboom"}
+
+
+def test_questions_and_answers_read_as_a_conversation() -> None:
+    messages = to_messages(
+        ModelInput(
+            turns=(
+                UserTurn("Lunch?"),
+                AssistantTurn("", (ToolCall("call_1", "ask_user", {"prompt": "Which cuisine?"}),)),
+                ToolResultTurn("call_1", "ask_user", "Thai"),
+            )
+        )
+    )
+    assert messages[2:] == [
+        {"role": "assistant", "content": "Which cuisine?"},
+        {"role": "user", "content": "My answer: Thai"},
+    ]
 
 
 async def test_old_turns_are_dropped_to_fit_the_context(model: LocalModelClient) -> None:
@@ -178,3 +209,15 @@ async def test_resolve_model_gives_the_local_model(settings: Settings) -> None:
     reply = await client.respond(ModelInput(turns=(UserTurn("Hi!"),)))
 
     assert reply.text
+
+
+def test_tool_schemas_are_bounded_for_grammar_generation() -> None:
+    from openbuda.engine.tools import ASK_USER_SPEC
+    from openbuda.models.local import _tool  # pyright: ignore[reportPrivateUsage]
+
+    parameters = _tool(ASK_USER_SPEC)["function"]["parameters"]
+    assert parameters["properties"]["options"]["maxItems"] == 6
+    assert parameters["properties"]["options"]["items"]["maxLength"] == 300
+    assert parameters["properties"]["prompt"]["maxLength"] == 300
+    assert "maxLength" not in parameters["properties"]["kind"]  # an enum is bounded already
+    assert ASK_USER_SPEC.parameters["properties"]["options"].get("maxItems") is None

@@ -493,3 +493,17 @@ async def test_client_serves_many_calls_concurrently(
             group.start_soon(ask, n)
 
     assert replies == {n: f"echo: question {n}" for n in range(32)}
+
+
+async def test_cancelling_a_call_mid_stream_leaves_the_client_usable(
+    server: OpenAIServer, client: PydanticAIModelClient
+) -> None:
+    server.add({"text": "a long answer that keeps coming", "chunk_delay": 0.1}, {"text": "next"})
+    deltas = Deltas()
+
+    with anyio.move_on_after(0.35) as scope:
+        await client.respond(ASK, deltas)
+
+    assert scope.cancelled_caught
+    assert deltas.items
+    assert (await client.respond(ASK)).text == "next"

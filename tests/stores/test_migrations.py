@@ -29,8 +29,8 @@ def _state(connection: Connection) -> tuple[str | None, list[str]]:
 
 
 async def _run(store: SqlStore, function: Any) -> Any:
-    async with store._write_connection() as connection:
-        return await connection.run_sync(function)
+    async with store._connect(write=True) as runner:
+        return await runner.run_sync(function)
 
 
 async def test_migrated_schema_matches_the_metadata(fresh_database_url: str) -> None:

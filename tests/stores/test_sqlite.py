@@ -19,6 +19,7 @@ from openbuda.domain.events import EventType, NewEvent
 from openbuda.domain.records import Role
 from openbuda.ports import NewAgent, NewSession, ReadEvents
 from openbuda.stores import SqliteStore, SqlStore, open_store
+from openbuda.stores._connections import StatementRunner
 
 pytestmark = pytest.mark.anyio
 sqlite_only = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -83,24 +84,23 @@ async def read_line(process: Process) -> str:
 async def test_every_connection_has_the_pragmas(store: SqlStore) -> None:
     expected = {"journal_mode": "wal", "busy_timeout": 10000, "synchronous": 1, "foreign_keys": 1}
 
-    async def pragmas(connection: Any) -> dict[str, Any]:
+    async def pragmas(runner: StatementRunner) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for name in expected:
-            found[name] = (await connection.execute(text(f"PRAGMA {name}"))).scalar()
+            found[name] = (await runner.execute(text(f"PRAGMA {name}"))).scalar()
         return found
 
-    async with store._write_connection() as connection:
-        assert await pragmas(connection) == expected
-    async with store._transaction(store._read_engine) as connection:
-        assert await pragmas(connection) == expected
+    for write in (True, False):
+        async with store._connect(write=write) as runner:
+            assert await pragmas(runner) == expected
 
 
 @sqlite_only
 async def test_synchronous_is_configurable(store_url: str) -> None:
     store = open_store(store_url, synchronous="full")
     try:
-        async with store._write_connection() as connection:
-            assert (await connection.execute(text("PRAGMA synchronous"))).scalar() == 2
+        async with store._connect(write=True) as runner:
+            assert (await runner.execute(text("PRAGMA synchronous"))).scalar() == 2
     finally:
         await store.close()
 

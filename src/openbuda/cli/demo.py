@@ -109,6 +109,8 @@ async def _turn(
         accepted = await runtime.sessions.send(principal, session_id, text)
         task_id = accepted.task_id
         streaming = False
+        shown = False
+        asked: set[str] = set()
         async for event in subscription:
             if event.get("task_id") not in (task_id, None) and event["type"] != "text.delta":
                 continue
@@ -120,19 +122,21 @@ async def _turn(
                 if not as_json:
                     console.print(data["text"], end="", style="cyan", markup=False, highlight=False)
                 streaming = True
+                shown = True
             elif kind == "tool.call" and not as_json:
                 if streaming:
                     console.print()
                     streaming = False
                 if data.get("name") != "ask_user":
                     console.print(f"[magenta]→ {data['name']}[/] {json.dumps(data.get('args'))}")
-            elif kind == "tool.result" and not as_json:
+            elif kind == "tool.result" and not as_json and data.get("call_id") not in asked:
                 console.print(f"[dim]← {data.get('status')}: {str(data.get('output'))[:500]}[/]")
             elif kind == "question":
                 if streaming:
                     console.print()
                     streaming = False
                 question = Question.from_json(data)
+                asked.add(question.call_id)
                 answer = _ask(question, answers, interactive, console)
                 if answer is None:
                     console.print(
@@ -145,7 +149,7 @@ async def _turn(
                 if streaming:
                     console.print()
                 task = await runtime.tasks.get(principal, task_id)
-                if task.result is not None and not as_json:
+                if task.result is not None and not as_json and not shown:
                     console.print(f"[bold green]agent[/] {task.result.text}", markup=True)
                 if task.error is not None:
                     console.print(f"[red]task failed ({task.error.code}): {task.error.message}[/]")

@@ -159,6 +159,13 @@ class _Run:
             responses = [e for e in mine if e.type == EventType.MODEL_RESPONSE]
             if responses and await self._resolve_calls(responses[-1], mine):
                 continue
+            if responses and not responses[-1].data.get("tool_calls"):
+                # A final answer is stored but the task did not complete: the process stopped in
+                # between (or a steer message arrived). Complete with it; never ask again.
+                final = responses[-1]
+                seen = int(final.data.get("input_seq", final.seq))
+                if await self._complete(ModelReply(str(final.data.get("text") or "")), seen):
+                    raise _Stop
             if len(responses) >= agent.settings.max_steps:
                 await self._fail(
                     "max_steps",

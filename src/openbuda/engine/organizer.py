@@ -173,19 +173,22 @@ class Organizer:
         return claimed
 
     def _fair_order(self, candidates: Sequence[Task], limit: int) -> list[Task]:
-        """Round-robin across spaces (oldest first within each), within the per-space limit."""
+        """Fair turns across spaces, within the per-space limit: each slot goes to the space
+        with the fewest tasks running here (ties: the order of the candidates), oldest first
+        within a space. A space that just freed one of many slots does not take it back before
+        a space with nothing running got its turn."""
         queues: dict[str, list[Task]] = {}
         for task in candidates:
             queues.setdefault(task.space_id, []).append(task)
-        room = {space: self.max_per_space - self._per_space[space] for space in queues}
+        load = {space: self._per_space[space] for space in queues}
         chosen: list[Task] = []
-        while len(chosen) < limit and any(queues.values()):
-            for space, queue in queues.items():
-                if queue and room[space] > 0 and len(chosen) < limit:
-                    chosen.append(queue.pop(0))
-                    room[space] -= 1
-                elif queue and room[space] <= 0:
-                    queue.clear()
+        while len(chosen) < limit:
+            ready = [s for s, queue in queues.items() if queue and load[s] < self.max_per_space]
+            if not ready:
+                break
+            space = min(ready, key=load.__getitem__)
+            chosen.append(queues[space].pop(0))
+            load[space] += 1
         return chosen
 
     async def _run_one(self, task: Task, scope: anyio.CancelScope) -> None:

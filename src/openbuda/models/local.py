@@ -264,22 +264,25 @@ def to_messages(request: ModelInput) -> list[Message]:
             case UserTurn(text=text):
                 messages.append({"role": "user", "content": text})
             case AssistantTurn():
-                message: Message = {"role": "assistant", "content": turn.text or None}
-                if turn.tool_calls:
-                    message["tool_calls"] = [
-                        {
-                            "id": call.call_id,
-                            "type": "function",
-                            "function": {"name": call.name, "arguments": _json(call.args)},
-                        }
-                        for call in turn.tool_calls
-                    ]
-                messages.append(message)
+                # The template drops tool messages, so calls and results are told in plain
+                # words, which the small model follows far better than JSON.
+                said = [turn.text] if turn.text else []
+                said += [_describe_call(call.name, call.args) for call in turn.tool_calls]
+                messages.append({"role": "assistant", "content": "\n".join(said) or None})
             case ToolResultTurn():
-                outcome = "failed" if turn.is_error else "returned"
-                content = f"The tool {turn.name} {outcome}:\n{turn.output}"
+                if turn.name == "ask_user" and not turn.is_error:
+                    content = f"My answer: {turn.output}"
+                else:
+                    outcome = "failed" if turn.is_error else "returned"
+                    content = f"The tool {turn.name} {outcome}:\n{turn.output}"
                 messages.append({"role": "user", "content": content})
     return messages
+
+
+def _describe_call(name: str, args: dict[str, Any]) -> str:
+    if name == "ask_user" and isinstance(args.get("prompt"), str):
+        return str(args["prompt"])
+    return f"(I call the tool {name} with {_json(args)})"
 
 
 def _coroutine_sink(on_text: TextDeltaSink) -> _Emit:
@@ -292,11 +295,40 @@ def _coroutine_sink(on_text: TextDeltaSink) -> _Emit:
 
 
 def _tool(tool: ToolSpec) -> dict[str, Any]:
-    parameters = dict(tool.parameters) or {"type": "object", "properties": {}}
+    parameters = _bounded(dict(tool.parameters) or {"type": "object", "properties": {}})
     return {
         "type": "function",
         "function": {"name": tool.name, "description": tool.description, "parameters": parameters},
     }
+
+
+_MAX_ITEMS: Final = 6
+_MAX_STRING: Final = 300
+
+
+def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with every array and string bounded.
+
+    The arguments are generated under a grammar made from the schema; unbounded, the tiny model
+    can keep adding array items or characters until the context is full.
+    """
+    bounded = dict(schema)
+    match bounded.get("type"):
+        case "array":
+            bounded.setdefault("maxItems", _MAX_ITEMS)
+            if isinstance(items := bounded.get("items"), dict):
+                bounded["items"] = _bounded(cast(dict[str, Any], items))
+        case "string" if "enum" not in bounded:
+            bounded.setdefault("maxLength", _MAX_STRING)
+        case "object":
+            properties = cast(dict[str, Any], bounded.get("properties") or {})
+            bounded["properties"] = {
+                name: _bounded(cast(dict[str, Any], value)) if isinstance(value, dict) else value
+                for name, value in properties.items()
+            }
+        case _:
+            pass
+    return bounded
 
 
 def _json(value: object) -> str:

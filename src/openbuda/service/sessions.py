@@ -195,6 +195,10 @@ class SessionService:
             session = await tx.lock_session(space_id, session_id, now)
             if session is None:
                 raise NotFound.of("session", session_id)
+            # Stamp the message and its task with the time the lock was ours: concurrent sends
+            # take the lock in any order, and a session's queued tasks run in created_at order,
+            # which must be the order of their messages' seqs.
+            now = self._deps.clock.now()
             open_tasks = await tx.session_tasks(space_id, session_id, _OPEN)
             waiting = next((t for t in open_tasks if t.status is TaskStatus.WAITING), None)
             current = next((t for t in open_tasks if t.status is TaskStatus.RUNNING), None)

@@ -1,6 +1,6 @@
 """Reads of the SQL store (``ReadTx``, ``EventReader``, ``KeyReader``), scoped by ``space_id``.
 
-``SqlReadTx`` wraps one ``AsyncConnection`` inside a transaction; the write transaction extends
+``SqlReadTx`` runs statements on one connection inside a transaction (``_connections``); the write transaction extends
 it. An id of another space is simply not found: every statement filters on ``space_id``.
 """
 
@@ -10,8 +10,6 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Executable, select
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from openbuda.domain.errors import InvalidRequest
 from openbuda.domain.records import Agent, ApiKey, Event, Member, Role, Session, Space, Task
@@ -27,6 +25,7 @@ from openbuda.stores._codec import (
     space_from_row,
     task_from_row,
 )
+from openbuda.stores._connections import Parameters, Rows, StatementRunner
 from openbuda.stores._queries import (
     SESSION_BY_ID,
     SESSION_SELECT,
@@ -82,14 +81,12 @@ def _check_limit(limit: int) -> None:
 class SqlReadTx:
     """The read primitives over one connection in a transaction."""
 
-    def __init__(self, connection: AsyncConnection, traits: DialectTraits) -> None:
-        self._connection = connection
+    def __init__(self, runner: StatementRunner, traits: DialectTraits) -> None:
+        self._runner = runner
         self._traits = traits
 
-    async def _execute(
-        self, statement: Executable, parameters: dict[str, Any] | list[dict[str, Any]] | None = None
-    ) -> CursorResult[Any]:
-        return await self._connection.execute(statement, parameters)
+    async def _execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
+        return await self._runner.execute(statement, parameters)
 
     # -- spaces and agents ------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from openbuda.stores._queries import BLOCKING, TASK_SESSION_LOCK, p_int, p_str, 
 from openbuda.stores._reads import SqlReadTx
 from openbuda.stores.schema import UtcDateTime, sessions, tasks
 
-__all__ = ["TaskWrites"]
+__all__ = ["FENCE_CHECK", "TaskWrites"]
 
 _COUNT_TASK: Final = (
     update(sessions)
@@ -74,9 +74,16 @@ _ADD_STEER: Final = (
 def _claimable() -> Any:
     blocking = tasks.alias("blocking_task")
     older = tasks.alias("older_task")
-    return (
-        select(tasks)
-        .select_from(tasks.join(sessions, sessions.c.id == tasks.c.session_id))
+    # Each space's claimable tasks numbered oldest first; the result takes turns across spaces
+    # (every space's oldest, then every space's second oldest, …) so that a space with a long
+    # backlog cannot fill the whole window the organizer looks at.
+    free = (
+        select(
+            tasks.c.id.label("task_id"),
+            func.row_number()
+            .over(partition_by=tasks.c.space_id, order_by=(tasks.c.created_at, tasks.c.id))
+            .label("turn"),
+        )
         .where(
             tasks.c.status == "queued",
             ~exists().where(
@@ -89,7 +96,17 @@ def _claimable() -> Any:
                 | ((older.c.created_at == tasks.c.created_at) & (older.c.id < tasks.c.id)),
             ),
         )
-        .order_by(tasks.c.created_at, tasks.c.id)
+        .subquery("free_task")
+    )
+    return (
+        select(tasks)
+        .select_from(
+            tasks.join(free, free.c.task_id == tasks.c.id).join(
+                sessions, sessions.c.id == tasks.c.session_id
+            )
+        )
+        .where(tasks.c.status == "queued")
+        .order_by(free.c.turn, tasks.c.created_at, tasks.c.id)
         .limit(p_int("limit"))
         .with_for_update(skip_locked=True, of=[tasks, sessions])
     )
@@ -120,12 +137,9 @@ class TaskWrites(SqlReadTx):
             return True
         return (await self._execute(TASK_SESSION_LOCK, {"task": task_id})).first() is not None
 
-    async def _fence_holds(self, fence: Fence, session_id: str | None = None) -> bool:
-        statement = FENCE_CHECK
-        if session_id is not None:
-            statement = statement.where(tasks.c.session_id == session_id)
+    async def _fence_holds(self, fence: Fence) -> bool:
         parameters = {"task": fence.task_id, "epoch": fence.epoch}
-        return (await self._execute(statement, parameters)).first() is not None
+        return (await self._execute(FENCE_CHECK, parameters)).first() is not None
 
     async def insert_task(self, request: NewTask) -> Task:
         counted = await self._execute(

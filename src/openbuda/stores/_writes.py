@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from openbuda.domain.errors import LeaseLost, NotFound
 from openbuda.domain.events import EPHEMERAL_TYPES, SCHEMA_VERSION, NewEvent
@@ -23,7 +23,7 @@ from openbuda.domain.states import derive_session_status
 from openbuda.ports import AgentPatch, ContextProjection, Fence, NewAgent, NewApiKey, NewSession
 from openbuda.stores._codec import agent_from_row, dump_json, session_from_row, token_estimate
 from openbuda.stores._queries import SESSION_FOR_UPDATE, p_int, p_str, p_time
-from openbuda.stores._tasks import TaskWrites
+from openbuda.stores._tasks import FENCE_CHECK, TaskWrites
 from openbuda.stores.schema import agents, api_keys, events, members, sessions, spaces, tasks
 
 __all__ = ["SqlWriteTx"]
@@ -46,6 +46,7 @@ _ALLOCATE_SEQS: Final = (
     .returning(sessions.c.last_seq)
 )
 _INSERT_EVENTS: Final = events.insert()
+_FENCE_IN_SESSION: Final = FENCE_CHECK.where(tasks.c.session_id == p_str("session"))
 _PUT_CONTEXT: Final = (
     update(sessions)
     .where(sessions.c.id == p_str("session"), sessions.c.space_id == p_str("space"))
@@ -80,63 +81,70 @@ class SqlWriteTx(TaskWrites):
     ) -> list[Event]:
         if not events:
             return []
-        scope = {"session": session_id, "space": space_id}
-        if fence is not None:
-            if self._traits.row_locks and (
-                (await self._execute(_SESSION_ROW_LOCK, scope)).first() is None
-            ):
-                raise NotFound.of("session", session_id)
-            if not await self._fence_holds(fence, session_id):
-                raise LeaseLost(
-                    f"task {fence.task_id!r} no longer holds lease epoch {fence.epoch}",
-                    details={"task_id": fence.task_id, "epoch": fence.epoch},
-                )
-        payloads: list[str] = []
+        ids: list[str] = []
+        rows: list[dict[str, Any]] = []
         tokens = 0
         for event in events:
             if event.type in _EPHEMERAL:
                 raise ValueError(f"ephemeral event type {event.type!r} is never stored")
             payload = dump_json(event.data)
-            payloads.append(payload)
             tokens += token_estimate(event.type, payload)
-        last_seq = (
-            await self._execute(
-                _ALLOCATE_SEQS, {**scope, "count": len(events), "now": now, "tokens": tokens}
+            ids.append(new_id("event"))
+            rows.append(
+                {
+                    "session_id": session_id,
+                    "id": ids[-1],
+                    "space_id": space_id,
+                    "type": str(event.type),
+                    "task_id": event.task_id,
+                    "at": now,
+                    "data": payload,
+                    "schema_version": SCHEMA_VERSION,
+                }
             )
-        ).scalar()
-        if last_seq is None:
-            raise NotFound.of("session", session_id)
-        first_seq = last_seq - len(events) + 1
-        stored = [
+        allocation = {
+            "session": session_id,
+            "space": space_id,
+            "count": len(events),
+            "now": now,
+            "tokens": tokens,
+        }
+        row_locks = self._traits.row_locks
+
+        def write(connection: Connection) -> int:
+            """The statements of the append, in one hop of the runner (one thread call)."""
+            scope = {"session": session_id, "space": space_id}
+            if fence is not None:
+                if row_locks and connection.execute(_SESSION_ROW_LOCK, scope).first() is None:
+                    raise NotFound.of("session", session_id)
+                holds = {**scope, "task": fence.task_id, "epoch": fence.epoch}
+                if connection.execute(_FENCE_IN_SESSION, holds).first() is None:
+                    raise LeaseLost(
+                        f"task {fence.task_id!r} no longer holds lease epoch {fence.epoch}",
+                        details={"task_id": fence.task_id, "epoch": fence.epoch},
+                    )
+            last_seq = connection.execute(_ALLOCATE_SEQS, allocation).scalar()
+            if last_seq is None:
+                raise NotFound.of("session", session_id)
+            first_seq: int = last_seq - len(rows) + 1
+            for index, row in enumerate(rows):
+                row["seq"] = first_seq + index
+            connection.execute(_INSERT_EVENTS, rows)
+            return first_seq
+
+        first_seq = await self._runner.run_sync(write)
+        return [
             Event(
                 seq=first_seq + index,
-                id=new_id("event"),
+                id=event_id,
                 session_id=session_id,
                 type=str(event.type),
                 at=now,
                 data=event.data,
                 task_id=event.task_id,
             )
-            for index, event in enumerate(events)
+            for index, (event, event_id) in enumerate(zip(events, ids, strict=True))
         ]
-        await self._execute(
-            _INSERT_EVENTS,
-            [
-                {
-                    "session_id": session_id,
-                    "seq": record.seq,
-                    "id": record.id,
-                    "space_id": space_id,
-                    "type": record.type,
-                    "task_id": record.task_id,
-                    "at": now,
-                    "data": payload,
-                    "schema_version": SCHEMA_VERSION,
-                }
-                for record, payload in zip(stored, payloads, strict=True)
-            ],
-        )
-        return stored
 
     async def put_context(self, space_id: str, session_id: str, context: ContextProjection) -> None:
         parameters = {

@@ -68,8 +68,8 @@ async def make_revision(url: str, message: str) -> None:
     rev_id = f"{len(list((MIGRATIONS_DIR / 'versions').glob('[0-9]*.py'))) + 1:04d}"
     store = open_store(url)
     try:
-        async with store._write_connection() as connection:
-            await connection.run_sync(
+        async with store._connect(write=True) as runner:
+            await runner.run_sync(
                 lambda sync: command.revision(
                     alembic_config(sync), message=message, autogenerate=True, rev_id=rev_id
                 )

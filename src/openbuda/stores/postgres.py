@@ -6,18 +6,20 @@
   the same task and never wait for each other.
 - Lock order: a write that locks a task row locks its session row first, everywhere in the
   store (see ``_tasks``), so two writers cannot deadlock on a session and its task.
-- ``lock_keys`` (bootstrap) takes a transaction-level advisory lock; ``migrate()`` holds a transaction-level advisory lock, so processes starting together
-  migrate one after the other.
+- ``lock_keys`` (bootstrap) takes a transaction-level advisory lock; ``migrate()`` holds another,
+  so processes that start together migrate one after the other.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from openbuda.ports import StoreCapabilities
+from openbuda.stores._connections import StatementRunner, async_transaction
 from openbuda.stores._queries import DialectTraits
 from openbuda.stores.sql import SqlStore
 
@@ -33,21 +35,26 @@ _TRAITS: Final = DialectTraits(
     row_locks=True,
     keys_lock=text(f"SELECT pg_advisory_xact_lock({KEYS_LOCK_KEY})"),
 )
+_MIGRATION_LOCK: Final = text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
 
 class PostgresStore(SqlStore):
     """A store in a PostgreSQL database (``postgresql+asyncpg://user@host/db``)."""
 
     def __init__(self, url: str) -> None:
-        engine = create_async_engine(
+        self._engine = create_async_engine(
             url,
             pool_size=_POOL_SIZE,
             max_overflow=_POOL_OVERFLOW,
             isolation_level="READ COMMITTED",
         )
-        super().__init__(url, write_engine=engine, read_engine=engine, traits=_TRAITS)
+        super().__init__(url, traits=_TRAITS, write_engine=self._engine.sync_engine)
 
-    async def _before_migration(self, connection: AsyncConnection) -> None:
-        await connection.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-        )
+    def _connect(self, *, write: bool) -> AbstractAsyncContextManager[StatementRunner]:
+        return async_transaction(self._engine)
+
+    async def _before_migration(self, runner: StatementRunner) -> None:
+        await runner.execute(_MIGRATION_LOCK)
+
+    async def _dispose(self) -> None:
+        await self._engine.dispose()

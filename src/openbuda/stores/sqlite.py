@@ -12,8 +12,10 @@
   a snapshot and neither wait for the writer nor make it wait, so a read transaction held open
   while the same process writes cannot deadlock.
 
-SQLAlchemy's documented recipe is used to take over ``BEGIN`` from the ``sqlite3`` driver: the
-driver's ``isolation_level`` is ``None`` and a ``begin`` event emits the statement.
+The URL says ``sqlite+aiosqlite://`` (an asyncio store), but statements run on the standard
+``sqlite3`` driver in worker threads, one hop per statement (see ``_connections``). SQLAlchemy's
+documented recipe takes over ``BEGIN`` from the driver: its ``isolation_level`` is ``None`` and a
+``begin`` event emits the statement.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import anyio
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from openbuda.ports import StoreCapabilities
+from openbuda.stores._connections import StatementRunner, thread_transaction
 from openbuda.stores._queries import DialectTraits
 from openbuda.stores.sql import SqlStore
 
@@ -35,8 +37,7 @@ __all__ = ["BUSY_TIMEOUT_MS", "SYNCHRONOUS_LEVELS", "SqliteStore"]
 
 BUSY_TIMEOUT_MS: Final = 10_000
 SYNCHRONOUS_LEVELS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-_READ_POOL_SIZE: Final = 4
-_READ_POOL_OVERFLOW: Final = 12
+READ_CONNECTIONS: Final = 8
 _MIN_SQLITE: Final = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
@@ -52,41 +53,53 @@ class SqliteStore(SqlStore):
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:  # pragma: no cover - depends on the host
             raise RuntimeError(
-                f"openbuda needs SQLite >= 3.35 (UPDATE … RETURNING); this is {sqlite3.sqlite_version}"
+                f"openbuda needs SQLite >= 3.35 (UPDATE … RETURNING), not {sqlite3.sqlite_version}"
             )
         level = synchronous.upper()
         if level not in SYNCHRONOUS_LEVELS:
             raise ValueError(
                 f"synchronous must be one of {sorted(SYNCHRONOUS_LEVELS)}, not {synchronous!r}"
             )
-        database = make_url(url).database
-        if not database or database == ":memory:" or "mode=memory" in url:
+        parsed = make_url(url)
+        database = parsed.database
+        if not database or database == ":memory:" or parsed.query.get("mode") == "memory":
             raise ValueError(
                 f"SQLite store {url!r} must be a file: readers and the writer use separate "
                 "connections, which an in-memory database cannot share"
             )
-        write_engine = _engine(url, level, begin="BEGIN IMMEDIATE", pool_size=1, overflow=0)
-        read_engine = _engine(
-            url, level, begin="BEGIN", pool_size=_READ_POOL_SIZE, overflow=_READ_POOL_OVERFLOW
-        )
-        super().__init__(url, write_engine=write_engine, read_engine=read_engine, traits=_TRAITS)
+        sync_url = parsed.set(drivername="sqlite+pysqlite")
+        self._write_engine = _engine(sync_url, level, begin="BEGIN IMMEDIATE", pool_size=1)
+        self._read_engine = _engine(sync_url, level, begin="BEGIN", pool_size=READ_CONNECTIONS)
         self._writer = anyio.Lock()
+        self._write_threads = anyio.CapacityLimiter(1)
+        self._read_slots = anyio.Semaphore(READ_CONNECTIONS)
+        self._read_threads = anyio.CapacityLimiter(READ_CONNECTIONS)
+        super().__init__(url, traits=_TRAITS, write_engine=self._write_engine)
 
-    def _write_gate(self) -> AbstractAsyncContextManager[Any]:
-        return self._writer
+    def _connect(self, *, write: bool) -> AbstractAsyncContextManager[StatementRunner]:
+        if write:
+            return thread_transaction(self._write_engine, self._writer, self._write_threads)
+        return thread_transaction(self._read_engine, self._read_slots, self._read_threads)
+
+    async def _dispose(self) -> None:
+        def dispose() -> None:
+            self._read_engine.dispose()
+            self._write_engine.dispose()
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(dispose)
 
 
-def _engine(
-    url: str, synchronous: str, *, begin: str, pool_size: int, overflow: int
-) -> AsyncEngine:
-    engine = create_async_engine(
+def _engine(url: Any, synchronous: str, *, begin: str, pool_size: int) -> Engine:
+    engine = create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=overflow,
+        max_overflow=0,
         pool_timeout=BUSY_TIMEOUT_MS / 1000 * 6,
+        connect_args={"check_same_thread": False},
     )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:  # pyright: ignore[reportUnusedFunction]
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -98,7 +111,7 @@ def _engine(
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:  # pyright: ignore[reportUnusedFunction]
         connection.exec_driver_sql(begin)
 

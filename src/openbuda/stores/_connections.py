@@ -1,0 +1,186 @@
+"""How the transactions of the SQL store reach the database, per driver.
+
+The reads and writes (``_reads``, ``_tasks``, ``_writes``) run statements through a
+``StatementRunner``: ``execute`` returns the buffered ``Rows`` of one statement. Two runners:
+
+- ``async_transaction`` (PostgreSQL): an ``AsyncConnection`` of an async engine (asyncpg).
+- ``thread_transaction`` (SQLite): a connection of a *sync* engine (the standard ``sqlite3``
+  driver) driven from worker threads, one hop per statement. ``aiosqlite`` would take three or
+  four thread hops per statement (cursor, execute, fetch, close); this takes one, and folds
+  ``BEGIN`` into the first statement and ``COMMIT`` into the release of the connection. Only one
+  coroutine uses a connection at a time, so ``sqlite3``'s thread check is off.
+
+Ending a transaction (commit, rollback, returning the connection) is shielded from
+cancellation in both, so a cancelled caller never leaves a connection half-done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from sqlalchemy import Connection, Engine, Executable, Row
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+__all__ = ["Parameters", "Rows", "StatementRunner", "async_transaction", "thread_transaction"]
+
+T = TypeVar("T")
+Parameters = dict[str, Any] | Sequence[dict[str, Any]] | None
+
+
+class Rows:
+    """The buffered outcome of one statement."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Row[Any]], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    @classmethod
+    def of(cls, result: CursorResult[Any]) -> Rows:
+        return cls(list(result.all()) if result.returns_rows else [], result.rowcount)
+
+    def first(self) -> Row[Any] | None:
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list[Row[Any]]:
+        return self._rows
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+
+class StatementRunner(Protocol):
+    """One connection inside a transaction."""
+
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows: ...
+
+    async def run_sync(self, function: Callable[[Connection], T]) -> T:
+        """Run ``function`` with the synchronous ``Connection`` (Alembic, tests)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# asyncio drivers
+
+
+class _AsyncRunner:
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
+        return Rows.of(await self._connection.execute(statement, parameters))
+
+    async def run_sync(self, function: Callable[[Connection], T]) -> T:
+        return await self._connection.run_sync(function)
+
+
+@asynccontextmanager
+async def async_transaction(engine: AsyncEngine) -> AsyncGenerator[StatementRunner]:
+    """A transaction on a connection of an async engine."""
+    connection, transaction = await _begin(engine)
+    try:
+        try:
+            yield _AsyncRunner(connection)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await transaction.rollback()
+            raise
+        with anyio.CancelScope(shield=True):
+            await transaction.commit()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await connection.close()
+
+
+async def _begin(engine: AsyncEngine) -> tuple[AsyncConnection, AsyncTransaction]:
+    with anyio.CancelScope(shield=True):
+        connection = await engine.connect()
+        try:
+            transaction = await connection.begin()
+        except BaseException:
+            await connection.close()
+            raise
+        return connection, transaction
+    raise AssertionError("unreachable: a shielded scope swallows nothing")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------
+# sync drivers in worker threads
+
+
+class _ThreadRunner:
+    """A sync connection, checked out and begun lazily by the first statement."""
+
+    __slots__ = ("_connection", "_engine", "_limiter")
+
+    def __init__(self, engine: Engine, limiter: anyio.CapacityLimiter) -> None:
+        self._engine = engine
+        self._limiter = limiter
+        self._connection: Connection | None = None
+
+    def _open(self) -> Connection:
+        if self._connection is None:
+            connection = self._engine.connect()
+            try:
+                connection.begin()
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    def _execute(self, statement: Executable, parameters: Parameters) -> Rows:
+        return Rows.of(self._open().execute(statement, parameters))
+
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
+        return await anyio.to_thread.run_sync(
+            self._execute, statement, parameters, limiter=self._limiter
+        )
+
+    async def run_sync(self, function: Callable[[Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(lambda: function(self._open()), limiter=self._limiter)
+
+    def _end(self, commit: bool) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            transaction = connection.get_transaction()
+            if transaction is not None:
+                if commit:
+                    transaction.commit()
+                else:
+                    transaction.rollback()
+        finally:
+            connection.close()
+
+    async def end(self, commit: bool) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._end, commit, limiter=self._limiter)
+
+
+@asynccontextmanager
+async def thread_transaction(
+    engine: Engine, slot: AbstractAsyncContextManager[Any], threads: anyio.CapacityLimiter
+) -> AsyncGenerator[StatementRunner]:
+    """A transaction on a connection of a sync engine, each statement in a worker thread.
+
+    ``slot`` is held for the whole transaction and admits no more transactions than the pool
+    has connections, so a worker thread never waits for a connection while holding one of
+    ``threads``' tokens that the transactions holding connections need to finish.
+    """
+    async with slot:
+        runner = _ThreadRunner(engine, threads)
+        try:
+            yield runner
+        except BaseException:
+            await runner.end(commit=False)
+            raise
+        await runner.end(commit=True)
