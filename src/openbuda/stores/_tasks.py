@@ -16,16 +16,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, exists, func, literal, select, update
+from sqlalchemy import exists, func, select, update
 
 from openbuda.domain.errors import NotFound
 from openbuda.domain.records import Task
 from openbuda.domain.states import TaskStatus
 from openbuda.ports import Fence, NewTask, TaskChange
-from openbuda.stores._codec import dump_json, task_from_row
+from openbuda.stores._changes import change_statement
+from openbuda.stores._codec import task_from_row
 from openbuda.stores._queries import BLOCKING, TASK_SESSION_LOCK, p_int, p_str, p_time
 from openbuda.stores._reads import SqlReadTx
-from openbuda.stores.schema import UtcDateTime, sessions, tasks
+from openbuda.stores.schema import sessions, tasks
 
 __all__ = ["FENCE_CHECK", "TaskWrites"]
 
@@ -193,21 +194,14 @@ class TaskWrites(SqlReadTx):
             return None
         if not await self._lock_task_session(change.task_id):
             return None
-        conditions: list[ColumnElement[bool]] = [
-            tasks.c.id == change.task_id,
-            tasks.c.space_id == change.space_id,
-            tasks.c.status.in_(sorted(source.value for source in change.sources)),
-        ]
+        fenced = False
         if change.fence is not None:
             if change.fence.task_id == change.task_id:
-                conditions.append(tasks.c.status == "running")
-                conditions.append(tasks.c.lease_epoch == change.fence.epoch)
+                fenced = True
             elif not await self._fence_holds(change.fence):
                 return None
-        statement = (
-            update(tasks).where(*conditions).values(_change_values(change)).returning(*tasks.c)
-        )
-        row = (await self._execute(statement)).first()
+        statement, parameters = change_statement(change, fenced=fenced)
+        row = (await self._execute(statement, parameters)).first()
         return None if row is None else task_from_row(row)
 
     async def check_fence(self, fence: Fence, lease_until: datetime) -> bool:
@@ -252,29 +246,3 @@ class TaskWrites(SqlReadTx):
             .values(lease_until=until)
         )
         return (await self._execute(statement)).rowcount
-
-
-def _change_values(change: TaskChange) -> dict[str, Any]:
-    values: dict[str, Any] = {"status": change.target.value}
-    if change.lease_owner is not None:
-        values["lease_owner"] = change.lease_owner
-        values["lease_until"] = change.lease_until
-        values["lease_epoch"] = tasks.c.lease_epoch + 1
-        values["attempts"] = tasks.c.attempts + 1
-    elif change.clear_lease:
-        values["lease_owner"] = None
-        values["lease_until"] = None
-    if change.question is not None:
-        values["question"] = dump_json(change.question.to_json())
-    elif change.clear_question:
-        values["question"] = None
-    if change.result is not None:
-        values["result"] = dump_json(change.result.to_json())
-    if change.error is not None:
-        values["error_code"] = change.error.code
-        values["error_message"] = change.error.message
-    if change.set_started:
-        values["started_at"] = func.coalesce(tasks.c.started_at, literal(change.now, UtcDateTime()))
-    if change.set_finished:
-        values["finished_at"] = change.now
-    return values
