@@ -362,14 +362,18 @@ class KeyWriter(Protocol):
         ...
 
     async def create_space(self, name: str, now: datetime) -> Space: ...
-    async def create_member(self, space_id: str, name: str, role: Role, now: datetime) -> Member: ...
+    async def create_member(
+        self, space_id: str, name: str, role: Role, now: datetime
+    ) -> Member: ...
     async def create_api_key(self, request: NewApiKey, now: datetime) -> ApiKey: ...
     async def touch_api_key(self, key_id: str, now: datetime) -> None: ...
     async def revoke_api_key(self, space_id: str, key_id: str, now: datetime) -> bool: ...
 
 
 @runtime_checkable
-class WriteTx(ReadTx, EventReader, KeyReader, EventWriter, SessionWriter, TaskWriter, KeyWriter, Protocol):
+class WriteTx(
+    ReadTx, EventReader, KeyReader, EventWriter, SessionWriter, TaskWriter, KeyWriter, Protocol
+):
     """Everything a write transaction can do; see the protocols it combines."""
 
 
@@ -403,7 +407,9 @@ class ModelClient(Protocol):
     name: str
     """``provider:model`` as configured."""
 
-    async def respond(self, request: ModelInput, on_text: TextDeltaSink | None = None) -> ModelReply:
+    async def respond(
+        self, request: ModelInput, on_text: TextDeltaSink | None = None
+    ) -> ModelReply:
         """Answer one model call. Text deltas go to ``on_text`` as they arrive when given.
 
         Raises ``ModelError`` (retryable) for provider failures, ``BadModelReply`` for unusable

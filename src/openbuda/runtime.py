@@ -12,7 +12,7 @@ stops the organizer (its running tasks go back to the queue) and closes the stor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -58,7 +58,11 @@ class Runtime:
         """Wire the parts around an open ``store`` (nothing starts running)."""
         clock = clock or SystemClock()
         broadcaster = InProcessBroadcaster()
-        resolver = models or (lambda spec: resolve_model(spec, settings))
+
+        def resolve(spec: str | None) -> ModelClient:
+            return resolve_model(spec, settings)
+
+        resolver = models or resolve
         engine = EngineDeps(store, clock, broadcaster, settings, resolver, tools or ToolRegistry())
         if memory is not None:
             engine.memory = memory
@@ -94,7 +98,7 @@ class Runtime:
         memory: MemoryReader | None = None,
         worker_id: str | None = None,
         run_engine: bool = True,
-    ) -> AsyncIterator[Runtime]:
+    ) -> AsyncGenerator[Runtime]:
         """Open (and migrate) the store, run the organizer, and clean up on exit.
 
         ``run_engine=False`` serves the services without running tasks (an API-only process).

@@ -14,7 +14,7 @@ __all__ = ["Settings"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OPENBUDA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OPENBUDA_", extra="ignore", populate_by_name=True)
 
     home: Path = Field(default_factory=lambda: Path.home() / ".openbuda")
     """Data directory: the SQLite database, credentials and (later) Drive blobs."""
@@ -37,15 +37,15 @@ class Settings(BaseSettings):
     earlier incarnation held. Default: a fresh id per process."""
     embedded: bool = True
     """One process owns the store: at start it re-queues every running task."""
-    max_concurrent_tasks: int = Field(64, ge=1, le=100_000)
-    max_tasks_per_space: int = Field(32, ge=1, le=100_000)
-    lease_seconds: float = Field(30.0, gt=0.05)
-    heartbeat_seconds: float = Field(10.0, gt=0.01)
-    poll_seconds: float = Field(1.0, gt=0.001)
+    max_concurrent_tasks: int = Field(default=64, ge=1, le=100_000)
+    max_tasks_per_space: int = Field(default=32, ge=1, le=100_000)
+    lease_seconds: float = Field(default=30.0, gt=0.05)
+    heartbeat_seconds: float = Field(default=10.0, gt=0.01)
+    poll_seconds: float = Field(default=1.0, gt=0.001)
     """How often idle workers look for queued tasks (local submissions wake them at once)."""
-    model_retries: int = Field(4, ge=0, le=20)
-    model_retry_base_seconds: float = Field(1.0, ge=0)
-    model_timeout_seconds: float = Field(600.0, gt=0)
+    model_retries: int = Field(default=4, ge=0, le=20)
+    model_retry_base_seconds: float = Field(default=1.0, ge=0)
+    model_timeout_seconds: float = Field(default=600.0, gt=0)
     block_real_models: bool = False
     """Tests set this: any non-test model fails instead of calling a provider."""
 

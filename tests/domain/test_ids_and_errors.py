@@ -37,7 +37,12 @@ def test_every_error_code_has_one_class_and_api_codes_have_a_status() -> None:
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("a\x00b", "NUL"), ("a\ud800b", "lone surrogate"), ("x" * 201, "limit is 200"), ("  ", "empty")],
+    [
+        ("a\x00b", "NUL"),
+        ("a\ud800b", "lone surrogate"),
+        ("x" * 201, "limit is 200"),
+        ("  ", "empty"),
+    ],
 )
 def test_bad_text_is_refused_with_a_clear_message(text: str, problem: str) -> None:
     with pytest.raises(errors.ValidationFailed) as raised:

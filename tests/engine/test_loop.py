@@ -14,8 +14,8 @@ from openbuda.domain.errors import (
     ValidationFailed,
 )
 from openbuda.domain.records import QuestionKind
-from openbuda.models import resolve_model
 from openbuda.domain.states import SessionStatus, TaskStatus
+from openbuda.models import resolve_model
 from openbuda.service.sessions import OnBusy
 from openbuda.service.tasks import Answer
 from openbuda.settings import Settings
@@ -71,7 +71,11 @@ async def test_tool_calls_store_intent_then_result(harness: Harness) -> None:
 
     assert task.status is TaskStatus.COMPLETED
     types = await harness.types(session.id, task.id)
-    assert types[types.index("model.response") :][:3] == ["model.response", "tool.call", "tool.result"]
+    assert types[types.index("model.response") :][:3] == [
+        "model.response",
+        "tool.call",
+        "tool.result",
+    ]
     assert harness.record.calls == [(f"{task.id}:call_1", {"text": "note"})]
     second = harness.model.inputs[1]
     assert second.turns[-1] == ToolResultTurn("call_1", "record", "echo: note")
@@ -85,9 +89,7 @@ async def test_unknown_tools_and_bad_arguments_become_error_results(harness: Har
     accepted = await harness.runtime.sessions.send(harness.principal, session.id, "go")
     task = await harness.wait_task(accepted.task_id)
     assert task.status is TaskStatus.COMPLETED
-    results = [
-        e.data for e in await harness.events(session.id, task.id) if e.type == "tool.result"
-    ]
+    results = [e.data for e in await harness.events(session.id, task.id) if e.type == "tool.result"]
     assert [r["status"] for r in results] == ["error", "error"]
     assert "no tool named 'nope'" in results[0]["output"]
     assert "'text' must be of type string" in results[1]["output"]
@@ -163,7 +165,9 @@ async def test_a_message_to_a_session_waiting_on_a_text_question_answers_it(
         ("assistant", "Hi Ada."),
     ]
     assert "message" not in [
-        e.type for e in await harness.events(session.id) if e.seq > 0 and e.data.get("text") == "Ada"
+        e.type
+        for e in await harness.events(session.id)
+        if e.seq > 0 and e.data.get("text") == "Ada"
     ]
 
 
@@ -184,7 +188,9 @@ async def test_choice_questions_take_one_of_the_options(harness: Harness) -> Non
         await harness.runtime.tasks.answer(
             harness.principal, task.id, Answer(task.question.id, choice="XL")
         )
-    await harness.runtime.tasks.answer(harness.principal, task.id, Answer(task.question.id, choice="M"))
+    await harness.runtime.tasks.answer(
+        harness.principal, task.id, Answer(task.question.id, choice="M")
+    )
     task = await harness.wait_task(task.id)
     assert task.status is TaskStatus.COMPLETED
     assert harness.model.last_input.turns[-1] == ToolResultTurn("call_1", "ask_user", "M")
@@ -265,7 +271,9 @@ async def test_interrupt_cancels_the_current_task_and_starts_the_new_one(
     assert done.status is TaskStatus.COMPLETED
     cancelled = await harness.runtime.tasks.get(harness.principal, first.task_id)
     assert cancelled.status is TaskStatus.CANCELLED
-    statuses = [e.data for e in await harness.events(session.id, first.task_id) if e.type == "task.status"]
+    statuses = [
+        e.data for e in await harness.events(session.id, first.task_id) if e.type == "task.status"
+    ]
     assert statuses[-1] == {"status": "cancelled", "reason": "interrupted"}
     assert "model.response" not in await harness.types(session.id, first.task_id)
 
@@ -296,7 +304,9 @@ async def test_a_steer_that_arrives_as_the_task_finishes_gets_another_step(
     session = await harness.runtime.sessions.create(harness.principal, agent.id)
     first = await harness.runtime.sessions.send(harness.principal, session.id, "work")
     await harness.wait_model_called()
-    await harness.runtime.sessions.send(harness.principal, session.id, "shorter", on_busy=OnBusy.STEER)
+    await harness.runtime.sessions.send(
+        harness.principal, session.id, "shorter", on_busy=OnBusy.STEER
+    )
     task = await harness.wait_task(first.task_id)
     assert task.result is not None and task.result.text == "with the steer"
     assert harness.model.last_input.turns[-2:] == (AssistantTurn("first try"), UserTurn("shorter"))

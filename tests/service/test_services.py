@@ -13,7 +13,6 @@ from openbuda.domain.records import AgentSettings, Role
 from openbuda.ports import AgentPatch, NewApiKey, Store
 from openbuda.service.keys import Bootstrapped, authenticate, bootstrap, hash_secret
 from openbuda.service.sessions import HistoryMessage
-
 from tests.harness import Harness, make_principal
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +55,9 @@ async def test_sessions_create_import_rename_list_and_delete(harness: Harness) -
     assert imported.last_seq == 5
     messages = await runtime.sessions.messages(principal, imported.id)
     assert [(m.role, m.text) for m in messages] == [(h.role, h.text) for h in history]
-    other = await runtime.sessions.create(principal, agent.id, title="Billing", external_user_id="cust-1")
+    other = await runtime.sessions.create(
+        principal, agent.id, title="Billing", external_user_id="cust-1"
+    )
 
     found = await runtime.sessions.list(principal, agent.id, query="bill")
     assert [s.id for s in found.items] == [other.id]
@@ -138,4 +139,3 @@ async def test_expired_and_revoked_keys_are_refused(store: Store) -> None:
         await authenticate(store, "ob_expired_secret_0000000", now)
     with pytest.raises(Unauthorized):
         await authenticate(store, "ob_revoked_secret_0000000", now)
-

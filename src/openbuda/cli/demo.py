@@ -63,7 +63,9 @@ async def run_demo(
                     break
             else:
                 break
-            ok = await _turn(runtime, principal, session.id, text, pending_answers, interactive, as_json, console)
+            ok = await _turn(
+                runtime, principal, session.id, text, pending_answers, interactive, as_json, console
+            )
             failures += 0 if ok else 1
         return 1 if failures else 0
 
@@ -145,7 +147,11 @@ async def _turn(
                     )
                     return True
                 await runtime.tasks.answer(principal, task_id, answer)
-            elif kind == "task.status" and data.get("status") in ("completed", "failed", "cancelled"):
+            elif kind == "task.status" and data.get("status") in (
+                "completed",
+                "failed",
+                "cancelled",
+            ):
                 if streaming:
                     console.print()
                 task = await runtime.tasks.get(principal, task_id)
@@ -160,7 +166,9 @@ async def _turn(
         await subscription.close()
 
 
-def _ask(question: Question, answers: list[str], interactive: bool, console: Console) -> Answer | None:
+def _ask(
+    question: Question, answers: list[str], interactive: bool, console: Console
+) -> Answer | None:
     console.print(f"[bold yellow]agent asks:[/] {question.prompt}")
     if answers:
         given = answers.pop(0)
@@ -175,16 +183,21 @@ def _ask(question: Question, answers: list[str], interactive: bool, console: Con
             if given is None:
                 for number, option in enumerate(options, 1):
                     console.print(f"  {number}. {option}")
-                picked = IntPrompt.ask("choose", console=console, choices=[str(i) for i in range(1, len(options) + 1)])
+                picked = IntPrompt.ask(
+                    "choose", console=console, choices=[str(i) for i in range(1, len(options) + 1)]
+                )
                 given = options[picked - 1]
             elif given.isdigit() and 1 <= int(given) <= len(options):
                 given = options[int(given) - 1]
             return Answer(question.id, choice=given)
         case QuestionKind.APPROVAL:
-            approved = Confirm.ask("approve?", console=console) if given is None else given.lower() in ("y", "yes", "approve", "approved", "true")
+            approved = (
+                Confirm.ask("approve?", console=console)
+                if given is None
+                else given.lower() in ("y", "yes", "approve", "approved", "true")
+            )
             return Answer(question.id, approved=approved)
         case QuestionKind.TEXT:
             if given is None:
                 given = Prompt.ask("[bold]your answer[/]", console=console)
             return Answer(question.id, text=given)
-

@@ -5,7 +5,6 @@ Every option has an environment twin (``OPENBUDA_*``, read once into ``Settings`
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -81,7 +80,9 @@ def migrate(home: HomeOption = None, database_url: DatabaseOption = None) -> Non
 def demo(
     message: Annotated[
         list[str] | None,
-        typer.Option("--message", "-m", help="Send this message (repeatable); default: ask on stdin."),
+        typer.Option(
+            "--message", "-m", help="Send this message (repeatable); default: ask on stdin."
+        ),
     ] = None,
     answer: Annotated[
         list[str] | None,
@@ -129,7 +130,3 @@ def main() -> None:
     except KeyboardInterrupt:
         errors.print("interrupted")
         raise SystemExit(130) from None
-
-
-def _json(data: object) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["InProcessBroadcaster", "InProcessSubscription"]
 
@@ -20,8 +20,8 @@ __all__ = ["InProcessBroadcaster", "InProcessSubscription"]
 class InProcessSubscription:
     def __init__(self, broadcaster: InProcessBroadcaster, session_id: str, buffer: int) -> None:
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
-        self._send: ObjectSendStream[dict[str, Any]] = send
-        self._receive: ObjectReceiveStream[dict[str, Any]] = receive
+        self._send: MemoryObjectSendStream[dict[str, Any]] = send
+        self._receive: MemoryObjectReceiveStream[dict[str, Any]] = receive
         self._broadcaster = broadcaster
         self.session_id = session_id
         self.overflowed = False

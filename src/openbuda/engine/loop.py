@@ -147,9 +147,7 @@ class _Run:
         self.agent: Agent = agent
         self.session: Session = session
         self.last_seq = self.events[-1].seq if self.events else self.through_seq
-        self.task_start_seq = next(
-            (e.seq for e in self.events if e.task_id == self.task.id), None
-        )
+        self.task_start_seq = next((e.seq for e in self.events if e.task_id == self.task.id), None)
         self.tools = deps.tools.for_agent(agent)
         self.tool_specs = deps.tools.specs_for(agent)
         model = deps.models(agent.model)
@@ -182,9 +180,7 @@ class _Run:
                 raise _Stop
 
     def _input(self) -> ModelInput:
-        turns = build_turns(
-            self.events, task_id=self.task.id, task_start_seq=self.task_start_seq
-        )
+        turns = build_turns(self.events, task_id=self.task.id, task_start_seq=self.task_start_seq)
         return build_input(
             instructions=self.agent.instructions,
             memory=self.memory,
@@ -199,7 +195,9 @@ class _Run:
         """Read what others appended since our last look (a steer message, say)."""
         async with self.deps.store.read() as tx:
             new = await tx.read_events(
-                ReadEvents(self.space_id, self.session_id, after_seq=self.last_seq, types=_READ_TYPES)
+                ReadEvents(
+                    self.space_id, self.session_id, after_seq=self.last_seq, types=_READ_TYPES
+                )
             )
         self._take(new)
         self.memory = await self.deps.memory(self.agent)
@@ -229,7 +227,9 @@ class _Run:
     async def _refresh_only(self) -> None:
         async with self.deps.store.read() as tx:
             new = await tx.read_events(
-                ReadEvents(self.space_id, self.session_id, after_seq=self.last_seq, types=_READ_TYPES)
+                ReadEvents(
+                    self.space_id, self.session_id, after_seq=self.last_seq, types=_READ_TYPES
+                )
             )
         self._take(new)
 
@@ -391,7 +391,9 @@ class _Run:
             prompt=prompt[:10_000],
             call_id=call.call_id,
             asked_at=self.deps.clock.now(),
-            options=[str(o) for o in options] if kind == "choice" and isinstance(options, list) else None,
+            options=[str(o) for o in options]
+            if kind == "choice" and isinstance(options, list)
+            else None,
         )
         await self._ask(call, question, intent=True)
 
@@ -522,7 +524,11 @@ class _Run:
                     before=[
                         NewEvent(
                             EventType.MESSAGE,
-                            {"role": "assistant", "text": reply.text, "message_id": new_id("message")},
+                            {
+                                "role": "assistant",
+                                "text": reply.text,
+                                "message_id": new_id("message"),
+                            },
                             self.task.id,
                         ),
                         NewEvent(EventType.TASK_RESULT, result.to_json(), self.task.id),

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus as AnyioTaskStatus
+from anyio.abc import TaskGroup
+from anyio.abc import TaskStatus as AnyioTaskStatus
 
 from openbuda.domain.ids import new_id
 from openbuda.domain.records import Event, Task, TaskError

@@ -144,7 +144,9 @@ def check_args(spec: ToolSpec, args: Mapping[str, Any]) -> str | None:
         expected = prop.get("type")
         if isinstance(expected, str) and expected in _JSON_TYPES:
             kinds = _JSON_TYPES[expected]
-            if not isinstance(value, kinds) or (expected in ("integer", "number") and isinstance(value, bool)):
+            if not isinstance(value, kinds) or (
+                expected in ("integer", "number") and isinstance(value, bool)
+            ):
                 return f"{spec.name}: argument {name!r} must be of type {expected}"
         if "enum" in prop and value not in prop["enum"]:
             return f"{spec.name}: argument {name!r} must be one of {prop['enum']!r}"

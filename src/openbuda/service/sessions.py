@@ -170,7 +170,9 @@ class SessionService:
             session = await tx.lock_session(principal.space_id, session_id, self._deps.clock.now())
             if session is None:
                 raise NotFound.of("session", session_id)
-            cancelled = [t.id for t in await tx.session_tasks(principal.space_id, session_id, _OPEN)]
+            cancelled = [
+                t.id for t in await tx.session_tasks(principal.space_id, session_id, _OPEN)
+            ]
             await tx.delete_session(principal.space_id, session_id)
         for task_id in cancelled:
             self._deps.on_cancelled(task_id)
@@ -363,4 +365,3 @@ def _message_item(event: Event) -> MessageItem:
         task_id=event.task_id,
         at=event.at,
     )
-

@@ -28,7 +28,9 @@ class RecordingTool:
     idempotent: bool = False
     delay_s: float = 0.0
     log_path: Path | None = None
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list[tuple[str, dict[str, Any]]])
+    calls: list[tuple[str, dict[str, Any]]] = field(
+        default_factory=list[tuple[str, dict[str, Any]]]
+    )
 
     @property
     def spec(self) -> ToolSpec:
