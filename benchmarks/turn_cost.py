@@ -72,6 +72,7 @@ from _common import (
     title,
 )
 from sqlalchemy import Engine, event, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from openbuda.domain.conversation import ModelInput
 from openbuda.domain.events import CONVERSATION_TYPES, EventType, NewEvent
@@ -87,10 +88,11 @@ from openbuda.engine.context import (
     estimate_tokens,
 )
 from openbuda.engine.tools import ToolRegistry
-from openbuda.ports import ContextProjection, NewTask, ReadEvents, Store, TaskChange
+from openbuda.ports import ContextProjection, ReadEvents, Store
 from openbuda.runtime import Runtime
 from openbuda.service.sessions import HistoryMessage
 from openbuda.stores import open_store
+from openbuda.stores.schema import tasks
 from openbuda.testing import FunctionModel
 
 SIZES = (10, 1_000, 10_000)
@@ -172,6 +174,24 @@ class Sample:
     input_turns: int
 
 
+class Seeder:
+    """Bulk-inserts the completed task rows of seeded turns through an engine of its own on the
+    schema's ``tasks`` table (one statement per session instead of three per task). Seeding
+    only: nothing measured goes through it."""
+
+    def __init__(self, url: str) -> None:
+        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
+        self.engine = create_async_engine(url, connect_args=connect_args)
+
+    async def insert_tasks(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            async with self.engine.begin() as connection:
+                await connection.execute(tasks.insert(), rows)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
 @dataclass(slots=True)
 class Bench:
     backend: Backend
@@ -180,6 +200,7 @@ class Bench:
     agent_id: str
     model: FunctionModel
     replies: ReplyMaker
+    seeder: Seeder
     user_numbers: int = 0
     counter: StatementCounter | None = None
 
@@ -261,22 +282,31 @@ async def seed_session(bench: Bench, size: int) -> str:
     async with bench.store.write() as tx:
         for start in range(0, len(events), APPEND_BATCH):
             await tx.append(space_id, session.id, events[start : start + APPEND_BATCH], now)
-        for task_id, message_id, result in seeded_tasks:  # the completed task of each turn
-            await tx.insert_task(
-                NewTask(space_id, bench.agent_id, session.id, task_id, message_id, now)
-            )
-            await tx.change_task(
-                TaskChange(
-                    space_id,
-                    task_id,
-                    frozenset({TaskStatus.QUEUED}),
-                    TaskStatus.COMPLETED,
-                    now,
-                    result=result,
-                    set_started=True,
-                    set_finished=True,
-                )
-            )
+    await bench.seeder.insert_tasks(
+        [
+            {
+                "id": task_id,
+                "space_id": space_id,
+                "agent_id": bench.agent_id,
+                "session_id": session.id,
+                "status": TaskStatus.COMPLETED.value,
+                "message_id": message_id,
+                "created_at": now,
+                "started_at": now,
+                "finished_at": now,
+                "question": None,
+                "result": json.dumps(result.to_json(), separators=(",", ":"), ensure_ascii=False),
+                "error_code": None,
+                "error_message": None,
+                "lease_owner": None,
+                "lease_until": None,
+                "lease_epoch": 1,
+                "steer_count": 0,
+                "attempts": 1,
+            }
+            for task_id, message_id, result in seeded_tasks
+        ]
+    )
     return session.id
 
 
@@ -698,16 +728,33 @@ def report_times(backend: Backend, results: Results, sizes: Sequence[int]) -> No
                 _ratio(results, kind, mode, size, sizes[0]) for size in sizes[1:]
             )
             if mode == "compacted":
-                last = _median_wall(results, kind, sizes[-1], mode)
-                first = _median_wall(results, kind, sizes[0], mode)
-                verdict = "met" if last <= 1.5 * first else "NOT met"
-                line += f"  → target {sizes[-1]:,} ≤ 1.5 × {sizes[0]}: {verdict}"
+                line += f"  → target {sizes[-1]:,} ≤ 1.5 × {sizes[0]}: " + _verdict(
+                    results, kind, mode, sizes[-1], sizes[0]
+                )
             if mode == "budget" and len(sizes) > 2:
                 line += "; " + _ratio(results, kind, mode, sizes[-1], sizes[-2])
             print(line)
     ten = _median_wall(results, "a", sizes[0], "compacted")
     verdict = "met" if ten <= 0.005 else "NOT met"
     print(f"in-process turn at {sizes[0]} events: {fmt_ms(ten)} ms → target ≤ 5 ms: {verdict}")
+
+
+def _verdict(results: Results, kind: str, mode: Mode, size: int, base: int) -> str:
+    checks: list[str] = []
+    for name, pick in (("wall", _wall), ("cpu", _cpu)):
+        samples = results.samples.get((kind, size, mode), [])
+        base_samples = results.samples.get((kind, base, mode), [])
+        ratio = median([pick(s) for s in samples]) / median([pick(s) for s in base_samples])
+        checks.append(f"{'met' if ratio <= 1.5 else 'NOT met'} on {name} time")
+    return ", ".join(checks)
+
+
+def _wall(sample: Sample) -> float:
+    return sample.wall
+
+
+def _cpu(sample: Sample) -> float:
+    return sample.cpu
 
 
 def _median_wall(results: Results, kind: str, size: int, mode: Mode) -> float:
@@ -800,10 +847,14 @@ async def run_backend(backend: Backend, plan: Plan, sizes: Sequence[int], poll: 
                     # never compact by itself: the projection is what each measurement sets
                     settings=AgentSettings(context_token_budget=10_000_000),
                 )
-                bench = Bench(backend, runtime, principal, agent.id, model, replies)
-                results = await run_turns(bench, plan, sizes)
-                report_times(backend, results, sizes)
-                report_bytes(backend, await measure_bytes(bench, plan.bytes_turns))
+                seeder = Seeder(backend.url)
+                try:
+                    bench = Bench(backend, runtime, principal, agent.id, model, replies, seeder)
+                    results = await run_turns(bench, plan, sizes)
+                    report_times(backend, results, sizes)
+                    report_bytes(backend, await measure_bytes(bench, plan.bytes_turns))
+                finally:
+                    await seeder.close()
         finally:
             await store.close()
 

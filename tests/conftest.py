@@ -3,9 +3,10 @@
 ``store_url`` and ``store`` are parametrised with ids ``sqlite`` and ``postgres``:
 
 - ``sqlite``: a fresh file under ``tmp_path`` (a copy of a database migrated once per run);
-- ``postgres``: one database per test run (``openbuda_test_<random>``, created on the server of
-  ``OPENBUDA_TEST_POSTGRES_URL`` and dropped at the end), emptied before each test. Without the
-  variable the ``postgres`` cases are skipped.
+- ``postgres``: one database per test run (``openbuda_test_<pid>_<random>``, created on the
+  server of ``OPENBUDA_TEST_POSTGRES_URL`` and dropped at the end; databases of killed runs are
+  dropped by the next run), emptied before each test. Without the variable the ``postgres``
+  cases are skipped.
 
 ``fresh_database_url`` is an empty, unmigrated database of the same backend (migration tests).
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -25,13 +27,15 @@ import asyncpg  # pyright: ignore[reportMissingTypeStubs]
 import pytest
 from sqlalchemy import make_url
 
-from openbuda.stores import SqlStore, migrate, open_store
+from openbuda.stores import SqlStore, open_store
+from openbuda.stores.migrate import migrate
 
 POSTGRES_ENV = "OPENBUDA_TEST_POSTGRES_URL"
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
+_DATABASE_PREFIX = "openbuda_test_"
 TABLES = ("events", "tasks", "sessions", "agents", "api_keys", "members", "spaces")
 
 T = TypeVar("T")
@@ -78,12 +82,44 @@ class PostgresServer:
         run_in_thread(run)
 
     def create_database(self) -> str:
-        name = f"openbuda_test_{secrets.token_hex(6)}"
+        """A new empty database named after this process (see ``drop_abandoned``)."""
+        name = f"{_DATABASE_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
         self.execute(f'CREATE DATABASE "{name}"')
         return name
 
+    def drop_abandoned(self) -> None:
+        """Drop the test databases of runs that were killed before they could clean up: those
+        of processes of this host that are gone, unless someone is connected to them."""
+
+        async def run() -> None:
+            connection = await asyncpg.connect(self.dsn())
+            try:
+                names = await connection.fetch(
+                    "SELECT datname FROM pg_database WHERE datname LIKE $1",
+                    _DATABASE_PREFIX.replace("_", "\\_") + "%",
+                )
+                for (name,) in names:
+                    pid = name.removeprefix(_DATABASE_PREFIX).partition("_")[0]
+                    if pid.isdigit() and not _alive(int(pid)):
+                        with contextlib.suppress(asyncpg.PostgresError):
+                            await connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            finally:
+                await connection.close()
+
+        run_in_thread(run)
+
     def drop_database(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +127,9 @@ def postgres_server() -> PostgresServer:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         pytest.skip(f"{POSTGRES_ENV} is not set")
-    return PostgresServer(url)
+    server = PostgresServer(url)
+    server.drop_abandoned()
+    return server
 
 
 @pytest.fixture(scope="session")

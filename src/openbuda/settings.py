@@ -49,6 +49,43 @@ class Settings(BaseSettings):
     block_real_models: bool = False
     """Tests set this: any non-test model fails instead of calling a provider."""
 
+    # -- the HTTP server (``openbuda serve``) ------------------------------------------------
+    host: str = "127.0.0.1"
+    """Interface ``openbuda serve`` listens on (``0.0.0.0`` for every interface)."""
+    port: int = Field(default=8000, ge=0, le=65_535)
+    public_url: str | None = None
+    """The URL clients reach this server at, written to ``credentials.json``; default
+    ``http://<host>:<port>`` (with ``127.0.0.1`` for a wildcard host)."""
+    bootstrap_api_key: str | None = Field(default=None, repr=False)
+    """The instance owner's API key (20-200 URL-safe characters) for automated deployments; used
+    only while the store holds no key at all, ignored afterwards. Default: a random key."""
+    rate_limit_per_min: int | None = Field(default=None, ge=1)
+    """Requests per minute and API key; unset: no limit."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest JSON body accepted (413 beyond it)."""
+    max_import_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest body of a session creation with ``history`` (413 beyond it)."""
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    """A comment line is sent on event streams after this long without data."""
+    idempotency_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    """How long a response is kept for replays of its ``Idempotency-Key``."""
+    metrics_enabled: bool = True
+    """Serve Prometheus metrics at ``/metrics``."""
+    log_format: str | None = None
+    """``json`` or ``text``; default JSON when stderr is not a terminal."""
+    log_level: str = "INFO"
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    """OpenTelemetry traces (model and tool calls) are exported over OTLP/HTTP when set."""
+    otel_service_name: str = Field(default="openbuda", validation_alias="OTEL_SERVICE_NAME")
+    url: str | None = None
+    """The server the SDK and CLI talk to (``OPENBUDA_URL``); default: the ``url`` of
+    ``$OPENBUDA_HOME/credentials.json``, else ``http://127.0.0.1:8000``."""
+    api_key: str | None = None
+    """The API key of the SDK and CLI (``OPENBUDA_API_KEY``); default: the ``api_key`` of
+    ``$OPENBUDA_HOME/credentials.json``."""
+
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite+aiosqlite:///{self.home / 'openbuda.db'}"
         if url.startswith("postgresql://") or url.startswith("postgres://"):

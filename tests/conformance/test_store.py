@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import StatementError
@@ -121,12 +122,12 @@ async def test_many_concurrent_transactions_all_finish(world: World) -> None:
         async with world.store.read() as tx:
             for _ in range(3):
                 await tx.get_session(world.space.id, session.id, T0)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
     async def writer(number: int) -> None:
         async with world.store.write() as tx:
             await tx.append(world.space.id, session.id, [message(str(number))], T0)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     with anyio.fail_after(30):
         async with anyio.create_task_group() as group:

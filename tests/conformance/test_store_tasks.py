@@ -269,6 +269,15 @@ async def test_claimable_tasks_are_the_oldest_queued_of_free_sessions(world: Wor
     assert running is TaskStatus.QUEUED
 
 
+async def test_claimable_tasks_take_turns_across_spaces(world: World) -> None:
+    """A space with a backlog cannot crowd out another: each space's oldest, then the next."""
+    other = await World.make(world.store, "two")
+    busy = [await world.task(await world.session(), at(n)) for n in range(1, 4)]
+    quiet = await other.task(await other.session(), at(9))
+    assert await claimable(world) == [busy[0].id, quiet.id, busy[1].id, busy[2].id]
+    assert await claimable(world, limit=2) == [busy[0].id, quiet.id]
+
+
 async def test_claims_by_concurrent_workers_never_overlap(world: World) -> None:
     tasks = [await world.task(await world.session(), at(n)) for n in range(30)]
     claimed: list[str] = []

@@ -452,4 +452,27 @@ def summary(history: History, report: Report) -> str:
     return f"crash test seed {history.seed}: {len(history.plans)} tasks; {counts}"
 
 
-__all__ += ["Report", "summary"]
+def timeline(history: History) -> str:
+    """One line per incarnation: how long it took to get ready, how long it lived, its end."""
+    lines: list[str] = []
+    for run in history.incarnations:
+        ready = (
+            f"ready after {(run.ready_at - run.spawned_at).total_seconds():.2f} s"
+            if run.ready_at
+            else "never ready"
+        )
+        lived = (run.ended_at - run.spawned_at).total_seconds() if run.ended_at else float("nan")
+        how = (
+            "SIGTERM"
+            if run.clean
+            else f"SIGKILL ({'startup ' if run.startup_kill else ''}{run.delay:.2f} s)"
+        )
+        mode = "embedded" if run.embedded else "own id"
+        statuses = " ".join(f"{k}={v}" for k, v in sorted(run.statuses_at_end.items()))
+        lines.append(
+            f"  #{run.index} {run.worker_id} ({mode}): {ready}, lived {lived:.2f} s, {how}; {statuses}"
+        )
+    return "\n".join(lines)
+
+
+__all__ += ["Report", "summary", "timeline"]

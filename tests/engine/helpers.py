@@ -8,7 +8,7 @@ through the services and tracks how many model calls run at once.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,6 @@ from openbuda.engine.tools import Tool, ToolRegistry
 from openbuda.ports import Clock, ModelClient, Store
 from openbuda.runtime import Runtime
 from openbuda.service.sessions import MessageItem
-
 from tests.harness import engine_settings
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "all_events",
     "all_messages",
     "all_tasks",
+    "holds",
     "start_runtime",
     "wait_for",
     "wait_tasks",
@@ -54,7 +54,7 @@ async def start_runtime(
     clock: Clock | None = None,
     tools: Iterable[Tool] = (),
     **settings: Any,
-) -> AsyncIterator[Runtime]:
+) -> AsyncGenerator[Runtime]:
     """A running runtime over ``store`` whose agents name their model by a key of ``models``."""
 
     def resolve(spec: str | None) -> ModelClient:
@@ -85,6 +85,15 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await anyio.sleep(interval)
+
+
+def holds(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """``predicate`` as a check for ``wait_for``: ``await wait_for(holds(lambda: ...))``."""
+
+    async def check() -> bool:
+        return predicate()
+
+    return check
 
 
 async def all_tasks(
@@ -124,15 +133,19 @@ async def wait_tasks(
     """Wait until every task of ``task_ids`` is in one of ``statuses``; the tasks by id."""
     wanted = set(task_ids)
     found: dict[str, Task] = {}
+    page_size = min(PAGE, 2 * len(wanted) + 20)
 
     async def settled() -> bool:
+        # newest first: the tasks a test waits for are usually on the first page
         found.clear()
-        found.update(
-            (task.id, task) for task in await all_tasks(runtime, principal) if task.id in wanted
-        )
-        return len(found) == len(wanted) and all(
-            task.status in statuses for task in found.values()
-        )
+        cursor: str | None = None
+        while len(found) < len(wanted):
+            page = await runtime.tasks.list(principal, limit=page_size, cursor=cursor)
+            found.update((task.id, task) for task in page.items if task.id in wanted)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return len(found) == len(wanted) and all(task.status in statuses for task in found.values())
 
     try:
         await wait_for(
@@ -182,7 +195,7 @@ class ConcurrencyTracker:
     """``(key, started, ended)`` of every finished call (``time.monotonic``)."""
 
     @contextmanager
-    def running(self, key: str = "") -> Iterator[None]:
+    def running(self, key: str = "") -> Generator[None]:
         started = time.monotonic()
         self.starts.append(key)
         self.active[key] = self.active.get(key, 0) + 1

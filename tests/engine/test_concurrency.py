@@ -3,7 +3,8 @@ order kept), and many sessions at once run within the organizer's limits, in fai
 
 from __future__ import annotations
 
-import time
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -19,20 +20,21 @@ from openbuda.domain.conversation import (
 )
 from openbuda.domain.errors import SessionBusy
 from openbuda.domain.principal import Principal
-from openbuda.domain.records import AgentSettings
+from openbuda.domain.records import AgentSettings, Task
 from openbuda.domain.states import TaskStatus
 from openbuda.ports import Store
 from openbuda.runtime import Runtime
 from openbuda.service.sessions import MessageAccepted, OnBusy
 from openbuda.testing import FunctionModel, call, reply
 from openbuda.testing.tools import RecordingTool
-
 from tests.harness import make_principal
+
 from .helpers import (
     ConcurrencyTracker,
     all_events,
     all_messages,
     all_tasks,
+    holds,
     start_runtime,
     wait_for,
     wait_tasks,
@@ -128,7 +130,7 @@ async def test_queue_runs_a_burst_one_at_a_time_in_message_order(
     assert tracker.starts == in_order
     by_start = sorted(tasks.values(), key=lambda t: (t.started_at, t.finished_at))
     assert [t.id for t in by_start] == [m.task_id for m in users]
-    for earlier, later in zip(by_start, by_start[1:], strict=False):
+    for earlier, later in itertools.pairwise(by_start):
         assert earlier.finished_at is not None and later.started_at is not None
         assert earlier.finished_at <= later.started_at
 
@@ -303,7 +305,6 @@ async def test_many_sessions_at_once_all_complete_concurrently(
         session_ids = [
             (await runtime.sessions.create(principal, agent.id)).id for _ in range(sessions_count)
         ]
-        started = time.monotonic()
         accepted: list[MessageAccepted] = []
 
         async def send(session_id: str) -> None:
@@ -313,7 +314,6 @@ async def test_many_sessions_at_once_all_complete_concurrently(
             for session_id in session_ids:
                 group.start_soon(send, session_id)
         tasks = await wait_tasks(runtime, principal, [a.task_id for a in accepted])
-        elapsed = time.monotonic() - started
 
         assert {t.status for t in tasks.values()} == {TaskStatus.COMPLETED}
         for accepted_one in accepted:
@@ -321,9 +321,8 @@ async def test_many_sessions_at_once_all_complete_concurrently(
             assert task.session_id == accepted_one.session_id
             assert task.result is not None
             assert task.result.text == f"answer to {accepted_one.session_id}"
-    # they overlapped: one after the other they would take 100 x 50 ms
+    # they overlapped (one after the other they would take 100 x 50 ms)
     assert tracker.peak_total >= 10, tracker.peak_total
-    assert elapsed < sum(ended - started for _, started, ended in tracker.spans), elapsed
 
 
 async def test_the_organizer_runs_at_most_max_concurrent_tasks(
@@ -340,7 +339,7 @@ async def test_the_organizer_runs_at_most_max_concurrent_tasks(
             running_counts.append(runtime_box[0].organizer.running_count)
             if tracker.total == limit:
                 full.set()
-            with anyio.move_on_after(2):
+            with anyio.move_on_after(10):
                 await full.wait()
             await anyio.sleep(0.01)
         return reply("ok")
@@ -364,26 +363,30 @@ async def test_the_organizer_runs_at_most_max_concurrent_tasks(
     assert max(running_counts) == limit
 
 
-async def _fair_turns_run(
-    store: Store, tmp_path: Path, *, per_space: int
-) -> tuple[ConcurrencyTracker, list[str], dict[str, int]]:
-    """Space ``big`` queues 40 tasks (4 start and block), then ``small`` queues 2; returns the
-    tracker of model calls by space, the order tasks started after ``small`` queued, and how
-    many of ``big``'s tasks were still queued when each ``small`` task started."""
+@dataclass
+class FairRun:
+    tracker: ConcurrencyTracker
+    """Model calls by space (``big``, ``small``)."""
+    big: list[Task]
+    small: list[Task]
+
+    def big_started_before(self, task: Task) -> int:
+        """How many of ``big``'s tasks were claimed before ``task``."""
+        assert task.started_at is not None
+        return sum(
+            1 for t in self.big if t.started_at is not None and t.started_at < task.started_at
+        )
+
+
+async def fair_turns_run(store: Store, tmp_path: Path, *, per_space: int) -> FairRun:
+    """Space ``big`` queues 40 tasks (the first ones start and block), then ``small`` queues 2,
+    then the model lets everything finish; with room for 4 tasks at once."""
     limit = 4
     tracker = ConcurrencyTracker()
     release = anyio.Event()
-    big_queued_at_small_start: dict[str, int] = {}
-    box: list[tuple[Runtime, Principal]] = []
 
     async def answer(request: ModelInput) -> ModelReply:
-        text = last_user_text(request)
-        space = text.split(" ")[0]
-        if space == "small":
-            runtime, big = box[0]
-            queued = await all_tasks(runtime, big, status=TaskStatus.QUEUED)
-            big_queued_at_small_start[text] = len(queued)
-        with tracker.running(space):
+        with tracker.running(last_user_text(request).split(" ")[0]):
             await release.wait()
             await anyio.sleep(0.005)
         return reply("ok")
@@ -397,58 +400,50 @@ async def _fair_turns_run(
         max_concurrent_tasks=limit,
         max_tasks_per_space=per_space,
     ) as runtime:
-        box.append((runtime, big))
-        task_ids: list[str] = []
-        for principal, name, count in ((big, "big", 40), (small, "small", 2)):
+
+        async def queue(principal: Principal, name: str, count: int) -> list[str]:
             agent = await runtime.agents.create(principal, name=name, model="test:fn")
+            task_ids: list[str] = []
             for index in range(count):
                 session = await runtime.sessions.create(principal, agent.id)
                 accepted = await runtime.sessions.send(principal, session.id, f"{name} {index}")
                 task_ids.append(accepted.task_id)
-            if name == "big":
-                expected = min(limit, per_space)
-                await wait_for(
-                    lambda: _true_when(tracker.total == expected),
-                    what=f"{expected} tasks of 'big' to run",
-                )
-        before_small = len(tracker.starts)
+            return task_ids
+
+        big_ids = await queue(big, "big", 40)
+        running = min(limit, per_space)
+        await wait_for(holds(lambda: tracker.total == running), what=f"{running} 'big' tasks")
+        small_ids = await queue(small, "small", 2)
         if per_space < limit:
             await wait_for(
-                lambda: _true_when(tracker.active.get("small") == 2),
+                holds(lambda: tracker.active.get("small") == 2),
                 what="'small' to start in the slots 'big' may not use",
-                timeout=5,
+                timeout=10,
             )
         release.set()
-        big_tasks = await wait_tasks(runtime, big, task_ids[:40], timeout=30)
-        small_tasks = await wait_tasks(runtime, small, task_ids[40:])
+        big_tasks = await wait_tasks(runtime, big, big_ids, timeout=60)
+        small_tasks = await wait_tasks(runtime, small, small_ids)
     statuses = {t.status for t in (*big_tasks.values(), *small_tasks.values())}
     assert statuses == {TaskStatus.COMPLETED}
-    return tracker, tracker.starts[before_small:], big_queued_at_small_start
-
-
-async def _true_when(value: bool) -> bool:
-    return value
+    return FairRun(tracker, list(big_tasks.values()), list(small_tasks.values()))
 
 
 async def test_fair_turns_let_a_small_space_in_before_a_big_backlog(
     store: Store, tmp_path: Path
 ) -> None:
-    tracker, after_small, big_left = await _fair_turns_run(store, tmp_path, per_space=32)
-    assert tracker.peak_total <= 4
-    # as soon as slots free up, the small space gets its turn: both its tasks are among the
-    # next four that start, while most of the big space's backlog is still queued
-    assert after_small[:4].count("small") == 2, after_small
-    assert all(left >= 30 for left in big_left.values()), big_left
+    run = await fair_turns_run(store, tmp_path, per_space=32)
+    assert run.tracker.peak_total == 4
+    # as soon as a slot frees up, the space with nothing running gets it: both tasks of the
+    # small space start before any more of the big space's backlog of 36
+    assert [run.big_started_before(task) for task in run.small] == [4, 4]
 
 
 async def test_max_tasks_per_space_leaves_room_for_other_spaces(
     store: Store, tmp_path: Path
 ) -> None:
-    tracker, after_small, big_left = await _fair_turns_run(store, tmp_path, per_space=2)
-    assert tracker.peak["big"] == 2
-    assert tracker.peak["small"] == 2
-    assert tracker.peak_total <= 4
-    # the small space started in the slots the big space may not use, before any of the big
-    # space's running tasks finished
-    assert after_small[:2] == ["small", "small"], after_small
-    assert all(left >= 36 for left in big_left.values()), big_left
+    run = await fair_turns_run(store, tmp_path, per_space=2)
+    assert run.tracker.peak == {"big": 2, "small": 2}
+    assert run.tracker.peak_total == 4
+    # the small space started in the slots the big space may not use, while the big space's
+    # first two tasks still ran
+    assert [run.big_started_before(task) for task in run.small] == [2, 2]

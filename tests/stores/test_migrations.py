@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
-from openbuda.stores import SqlStore, migrate, open_store
-from openbuda.stores.migrate import MIGRATIONS_DIR, alembic_config, downgrade_connection
+from openbuda.stores import SqlStore, open_store
+from openbuda.stores.migrate import MIGRATIONS_DIR, alembic_config, downgrade_connection, migrate
 from openbuda.stores.schema import metadata
 
 pytestmark = pytest.mark.anyio

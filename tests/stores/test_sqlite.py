@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
@@ -12,9 +13,10 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import Process
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 import openbuda
+from openbuda.domain.errors import Unavailable
 from openbuda.domain.events import EventType, NewEvent
 from openbuda.domain.records import Role
 from openbuda.ports import NewAgent, NewSession, ReadEvents
@@ -29,6 +31,7 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 CHILD = """
 import sys, anyio
 from datetime import UTC, datetime
+from openbuda.domain.errors import Unavailable
 from openbuda.domain.events import EventType, NewEvent
 from openbuda.stores import open_store
 
@@ -52,6 +55,10 @@ async def main(url: str, space_id: str, session_id: str, mode: str) -> None:
 
 anyio.run(main, *sys.argv[1:])
 """
+
+
+def message(text: str) -> NewEvent:
+    return NewEvent(EventType.MESSAGE, {"text": text})
 
 
 async def new_session(store: SqlStore) -> tuple[str, str]:
@@ -169,3 +176,25 @@ async def test_a_writer_waits_for_another_process_to_commit(
             assert await child.wait() == 0
     assert [event.seq for event in stored] == [2]
     assert waited > 0.2
+
+
+@sqlite_only
+async def test_a_lock_held_past_the_busy_timeout_is_unavailable(
+    store: SqlStore, store_url: str
+) -> None:
+    space_id, session_id = await new_session(store)
+    impatient = SqliteStore(store_url, busy_timeout_ms=100)
+    holder = sqlite3.connect(make_url(store_url).database or "", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(Unavailable) as caught:
+            async with impatient.write() as tx:
+                await tx.append(space_id, session_id, [message("blocked")], T0)
+        assert caught.value.retryable
+        holder.execute("ROLLBACK")
+        async with impatient.write() as tx:
+            stored = await tx.append(space_id, session_id, [message("through")], T0)
+        assert [event.seq for event in stored] == [1]
+    finally:
+        holder.close()
+        await impatient.close()

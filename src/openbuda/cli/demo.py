@@ -8,13 +8,14 @@ asks at the prompt (numbered choices, approve/deny) or answers from ``--answer``
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from rich.console import Console
-from rich.prompt import Confirm, IntPrompt, Prompt
+from rich.prompt import Prompt
 
+from openbuda.cli._render import TaskView, ask, belongs_to
+from openbuda.client import Event, Question
 from openbuda.domain.principal import Principal
-from openbuda.domain.records import Agent, Question, QuestionKind
+from openbuda.domain.records import Agent
 from openbuda.runtime import Runtime
 from openbuda.service.keys import authenticate, bootstrap
 from openbuda.service.tasks import Answer
@@ -110,94 +111,40 @@ async def _turn(
     try:
         accepted = await runtime.sessions.send(principal, session_id, text)
         task_id = accepted.task_id
-        streaming = False
-        shown = False
-        asked: set[str] = set()
-        async for event in subscription:
-            if event.get("task_id") not in (task_id, None) and event["type"] != "text.delta":
+        view = TaskView(console)
+        async for raw in subscription:
+            event = Event.model_validate(raw)
+            if not belongs_to(event, task_id):
                 continue
             if as_json:
-                console.print_json(json.dumps(event, default=str))
-            kind = event["type"]
-            data: dict[str, Any] = event.get("data", {})
-            if kind == "text.delta" and data.get("task_id") == task_id:
-                if not as_json:
-                    console.print(data["text"], end="", style="cyan", markup=False, highlight=False)
-                streaming = True
-                shown = True
-            elif kind == "tool.call" and not as_json:
-                if streaming:
-                    console.print()
-                    streaming = False
-                if data.get("name") != "ask_user":
-                    console.print(f"[magenta]→ {data['name']}[/] {json.dumps(data.get('args'))}")
-            elif kind == "tool.result" and not as_json and data.get("call_id") not in asked:
-                console.print(f"[dim]← {data.get('status')}: {str(data.get('output'))[:500]}[/]")
-            elif kind == "question":
-                if streaming:
-                    console.print()
-                    streaming = False
-                question = Question.from_json(data)
-                asked.add(question.call_id)
-                answer = _ask(question, answers, interactive, console)
-                if answer is None:
+                console.print_json(json.dumps(raw, default=str))
+            else:
+                view.show(event)
+            if event.type == "question":
+                view.end_line()
+                question = Question.model_validate(event.data)
+                reply = ask(question, answers, interactive, console)
+                if reply is None:
                     console.print(
                         f"[yellow]The task waits for an answer to {question.id}; "
                         "run again with --answer, or interactively.[/]"
                     )
                     return True
+                answer = Answer(
+                    question.id, text=reply.text, choice=reply.choice, approved=reply.approved
+                )
                 await runtime.tasks.answer(principal, task_id, answer)
-            elif kind == "task.status" and data.get("status") in (
+            elif event.type == "task.status" and event.data.get("status") in (
                 "completed",
                 "failed",
                 "cancelled",
             ):
-                if streaming:
-                    console.print()
                 task = await runtime.tasks.get(principal, task_id)
-                if task.result is not None and not as_json and not shown:
-                    console.print(f"[bold green]agent[/] {task.result.text}", markup=True)
-                if task.error is not None:
-                    console.print(f"[red]task failed ({task.error.code}): {task.error.message}[/]")
-                    return False
+                view.finish(
+                    result=None if task.result is None or as_json else task.result.text,
+                    error=None if task.error is None else (task.error.code, task.error.message),
+                )
                 return task.status.value == "completed"
         return False
     finally:
         await subscription.close()
-
-
-def _ask(
-    question: Question, answers: list[str], interactive: bool, console: Console
-) -> Answer | None:
-    console.print(f"[bold yellow]agent asks:[/] {question.prompt}")
-    if answers:
-        given = answers.pop(0)
-        console.print(f"[dim](answering {given!r})[/]")
-    elif interactive:
-        given = None
-    else:
-        return None
-    match question.kind:
-        case QuestionKind.CHOICE:
-            options = question.options or []
-            if given is None:
-                for number, option in enumerate(options, 1):
-                    console.print(f"  {number}. {option}")
-                picked = IntPrompt.ask(
-                    "choose", console=console, choices=[str(i) for i in range(1, len(options) + 1)]
-                )
-                given = options[picked - 1]
-            elif given.isdigit() and 1 <= int(given) <= len(options):
-                given = options[int(given) - 1]
-            return Answer(question.id, choice=given)
-        case QuestionKind.APPROVAL:
-            approved = (
-                Confirm.ask("approve?", console=console)
-                if given is None
-                else given.lower() in ("y", "yes", "approve", "approved", "true")
-            )
-            return Answer(question.id, approved=approved)
-        case QuestionKind.TEXT:
-            if given is None:
-                given = Prompt.ask("[bold]your answer[/]", console=console)
-            return Answer(question.id, text=given)

@@ -124,6 +124,19 @@ def _redact(url: str) -> str:
     return url
 
 
+def _register_client_commands() -> None:
+    """The commands that talk to a server through the SDK (modules of their own)."""
+    from openbuda.cli import agents, chat, sessions, tasks
+
+    app.add_typer(agents.agents_app, name="agents")
+    app.add_typer(sessions.sessions_app, name="sessions")
+    chat.register(app)
+    tasks.register(app)
+
+
+_register_client_commands()
+
+
 def main() -> None:
     try:
         app()

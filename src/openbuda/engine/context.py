@@ -104,7 +104,13 @@ def build_turns(
     starts: dict[str, int] = {}
     for event in events:
         if event.task_id is not None:
-            starts.setdefault(event.task_id, event.seq)
+            if _opens_task(event):
+                starts[event.task_id] = event.seq
+            else:
+                # A task starts with its message. When the summary covers that message, the
+                # task started before every event here: its later events (stored after the
+                # messages of tasks queued behind it) still come first.
+                starts.setdefault(event.task_id, 0)
 
     def turn_order(event: Event) -> tuple[int, int]:
         # Tasks of a session run one at a time: a task's events belong after the tasks started
@@ -168,6 +174,15 @@ def build_turns(
     return builder.turns
 
 
+def _opens_task(event: Event) -> bool:
+    """The user message that started its task (not a steer message given to it later)."""
+    return (
+        event.type == EventType.MESSAGE
+        and event.data.get("role") == "user"
+        and not event.data.get("steer")
+    )
+
+
 def build_input(
     *,
     instructions: str,
@@ -209,6 +224,16 @@ def choose_compaction_boundary(
     ]
     if not starts:
         return None
+    # A turn start that splits another task (a message queued while that task ran, before its
+    # answer was stored) would summarise the task's message without its answer: use such a
+    # start only when there is no other, so that the context stays bounded.
+    spans: dict[str, tuple[int, int]] = {}
+    for event in events:
+        if event.task_id is not None:
+            first_seq, _ = spans.get(event.task_id, (event.seq, event.seq))
+            spans[event.task_id] = (first_seq, event.seq)
+    whole = [s for s in starts if not any(lo < s <= hi for lo, hi in spans.values())]
+    starts = whole or starts
     totals: dict[int, int] = {}
     suffix = 0
     for event in reversed(events):

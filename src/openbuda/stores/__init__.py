@@ -12,17 +12,17 @@ Usage::
 
 ``open_store`` picks the adapter by URL: ``sqlite+aiosqlite:///file`` (also ``sqlite:///file``)
 or ``postgresql+asyncpg://…`` (also ``postgresql://`` and ``postgres://``). It is a plain
-function that connects lazily; ``await migrate(url)`` migrates without keeping a store open.
+function that connects lazily. ``openbuda.stores.migrate.migrate(url)`` migrates a database
+without keeping a store open.
 """
 
 from __future__ import annotations
 
-from openbuda.stores.migrate import migrate
 from openbuda.stores.postgres import PostgresStore
 from openbuda.stores.sql import SqlStore
 from openbuda.stores.sqlite import SqliteStore
 
-__all__ = ["PostgresStore", "SqlStore", "SqliteStore", "migrate", "normalize_url", "open_store"]
+__all__ = ["PostgresStore", "SqlStore", "SqliteStore", "normalize_url", "open_store"]
 
 _ALIASES = {
     "sqlite": "sqlite+aiosqlite",

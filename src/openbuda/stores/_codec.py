@@ -15,8 +15,6 @@ import json
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Row
-
 from openbuda.domain.errors import InvalidRequest
 from openbuda.domain.events import CONVERSATION_TYPES
 from openbuda.domain.records import (
@@ -34,6 +32,7 @@ from openbuda.domain.records import (
     TaskResult,
 )
 from openbuda.domain.states import SessionStatus, TaskStatus, derive_session_status
+from openbuda.stores._connections import AnyRow
 
 __all__ = [
     "agent_from_row",
@@ -106,11 +105,11 @@ def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
 # Records from rows
 
 
-def space_from_row(row: Row[Any]) -> Space:
+def space_from_row(row: AnyRow) -> Space:
     return Space(id=row.id, name=row.name, created_at=row.created_at)
 
 
-def member_from_row(row: Row[Any]) -> Member:
+def member_from_row(row: AnyRow) -> Member:
     return Member(
         id=row.id,
         space_id=row.space_id,
@@ -120,7 +119,7 @@ def member_from_row(row: Row[Any]) -> Member:
     )
 
 
-def api_key_from_row(row: Row[Any]) -> ApiKey:
+def api_key_from_row(row: AnyRow) -> ApiKey:
     return ApiKey(
         id=row.id,
         space_id=row.space_id,
@@ -135,7 +134,7 @@ def api_key_from_row(row: Row[Any]) -> ApiKey:
     )
 
 
-def agent_from_row(row: Row[Any]) -> Agent:
+def agent_from_row(row: AnyRow) -> Agent:
     return Agent(
         id=row.id,
         space_id=row.space_id,
@@ -149,7 +148,7 @@ def agent_from_row(row: Row[Any]) -> Agent:
     )
 
 
-def session_from_row(row: Row[Any], now: datetime) -> Session:
+def session_from_row(row: AnyRow, now: datetime) -> Session:
     """A session from a row of ``sessions`` joined with its status columns (see ``_queries``):
     ``idle_timeout_s``, ``has_active``, ``has_waiting`` and ``waiting_question``."""
     status: SessionStatus = derive_session_status(
@@ -175,7 +174,7 @@ def session_from_row(row: Row[Any], now: datetime) -> Session:
     )
 
 
-def task_from_row(row: Row[Any]) -> Task:
+def task_from_row(row: AnyRow) -> Task:
     question, result, error_code = row.question, row.result, row.error_code
     return Task(
         id=row.id,
@@ -202,7 +201,7 @@ def _result_from_json(data: dict[str, Any]) -> TaskResult:
     return TaskResult(text=data["text"], files=list(data.get("files") or []))
 
 
-def event_from_row(row: Row[Any]) -> Event:
+def event_from_row(row: AnyRow) -> Event:
     return Event(
         seq=row.seq,
         id=row.id,

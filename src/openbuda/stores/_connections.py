@@ -11,7 +11,9 @@ The reads and writes (``_reads``, ``_tasks``, ``_writes``) run statements throug
   coroutine uses a connection at a time, so ``sqlite3``'s thread check is off.
 
 Ending a transaction (commit, rollback, returning the connection) is shielded from
-cancellation in both, so a cancelled caller never leaves a connection half-done.
+cancellation in both, so a cancelled caller never leaves a connection half-done. On SQLite a
+write lock that another process holds past ``busy_timeout`` raises ``Unavailable``
+(retryable) instead of the driver's ``database is locked``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,23 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from sqlalchemy import Connection, Engine, Executable, Row
 from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-__all__ = ["Parameters", "Rows", "StatementRunner", "async_transaction", "thread_transaction"]
+from openbuda.domain.errors import Unavailable
+
+__all__ = [
+    "AnyRow",
+    "Parameters",
+    "Rows",
+    "StatementRunner",
+    "async_transaction",
+    "thread_transaction",
+]
 
 T = TypeVar("T")
+AnyRow = Row[*tuple[Any, ...]]
+"""A row of any width."""
 Parameters = dict[str, Any] | Sequence[dict[str, Any]] | None
 
 
@@ -36,7 +50,7 @@ class Rows:
 
     __slots__ = ("_rows", "rowcount")
 
-    def __init__(self, rows: list[Row[Any]], rowcount: int) -> None:
+    def __init__(self, rows: list[AnyRow], rowcount: int) -> None:
         self._rows = rows
         self.rowcount = rowcount
 
@@ -44,10 +58,10 @@ class Rows:
     def of(cls, result: CursorResult[Any]) -> Rows:
         return cls(list(result.all()) if result.returns_rows else [], result.rowcount)
 
-    def first(self) -> Row[Any] | None:
+    def first(self) -> AnyRow | None:
         return self._rows[0] if self._rows else None
 
-    def all(self) -> list[Row[Any]]:
+    def all(self) -> list[AnyRow]:
         return self._rows
 
     def scalar(self) -> Any:
@@ -137,15 +151,30 @@ class _ThreadRunner:
         return self._connection
 
     def _execute(self, statement: Executable, parameters: Parameters) -> Rows:
-        return Rows.of(self._open().execute(statement, parameters))
+        try:
+            return Rows.of(self._open().execute(statement, parameters))
+        except OperationalError as error:
+            busy = _busy(error)
+            if busy is None:
+                raise
+            raise busy from error
 
     async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
         return await anyio.to_thread.run_sync(
             self._execute, statement, parameters, limiter=self._limiter
         )
 
+    def _run(self, function: Callable[[Connection], T]) -> T:
+        try:
+            return function(self._open())
+        except OperationalError as error:
+            busy = _busy(error)
+            if busy is None:
+                raise
+            raise busy from error
+
     async def run_sync(self, function: Callable[[Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(lambda: function(self._open()), limiter=self._limiter)
+        return await anyio.to_thread.run_sync(self._run, function, limiter=self._limiter)
 
     def _end(self, commit: bool) -> None:
         connection, self._connection = self._connection, None
@@ -164,6 +193,14 @@ class _ThreadRunner:
     async def end(self, commit: bool) -> None:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._end, commit, limiter=self._limiter)
+
+
+def _busy(error: OperationalError) -> Unavailable | None:
+    """``Unavailable`` (retryable) when SQLite stayed locked by another writer too long."""
+    message = str(error.orig)
+    if "database is locked" not in message and "database is busy" not in message:
+        return None
+    return Unavailable("the database is busy: another process held its write lock too long")
 
 
 @asynccontextmanager

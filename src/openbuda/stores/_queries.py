@@ -27,6 +27,7 @@ from openbuda.stores.schema import UtcDateTime, agents, sessions, tasks
 
 __all__ = [
     "ACTIVE",
+    "AGENT_IDLE_TIMEOUT",
     "BLOCKING",
     "SESSION_BY_ID",
     "SESSION_FOR_UPDATE",
@@ -115,6 +116,11 @@ SESSION_SELECT: Final = select(
     _waiting_question().label("waiting_question"),
 ).select_from(sessions.join(agents, agents.c.id == sessions.c.agent_id))
 """Sessions with what ``session_from_row`` needs to compute their status."""
+
+AGENT_IDLE_TIMEOUT: Final = select(agents.c.idle_timeout_s).where(
+    agents.c.id == p_str("agent"), agents.c.space_id == p_str("space")
+)
+"""An agent's ``idle_timeout_s`` (``None`` when the agent is not in the space)."""
 
 SESSION_BY_ID: Final = SESSION_SELECT.where(
     sessions.c.id == p_str("session"), sessions.c.space_id == p_str("space")

@@ -27,6 +27,7 @@ from openbuda.stores._codec import (
 )
 from openbuda.stores._connections import Parameters, Rows, StatementRunner
 from openbuda.stores._queries import (
+    AGENT_IDLE_TIMEOUT,
     SESSION_BY_ID,
     SESSION_SELECT,
     DialectTraits,
@@ -42,9 +43,6 @@ __all__ = ["SqlReadTx"]
 
 _SPACE: Final = select(spaces).where(spaces.c.id == p_str("space"))
 _AGENT: Final = select(agents).where(
-    agents.c.id == p_str("agent"), agents.c.space_id == p_str("space")
-)
-_AGENT_IDLE_TIMEOUT: Final = select(agents.c.idle_timeout_s).where(
     agents.c.id == p_str("agent"), agents.c.space_id == p_str("space")
 )
 _TASK: Final = select(tasks).where(tasks.c.id == p_str("task"), tasks.c.space_id == p_str("space"))
@@ -129,7 +127,7 @@ class SqlReadTx:
             position = decode_cursor(_SESSION_CURSOR, request.cursor)
         idle_timeout_s = (
             await self._execute(
-                _AGENT_IDLE_TIMEOUT, {"agent": request.agent_id, "space": request.space_id}
+                AGENT_IDLE_TIMEOUT, {"agent": request.agent_id, "space": request.space_id}
             )
         ).scalar()
         if idle_timeout_s is None:

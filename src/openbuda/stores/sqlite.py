@@ -38,6 +38,7 @@ __all__ = ["BUSY_TIMEOUT_MS", "SYNCHRONOUS_LEVELS", "SqliteStore"]
 BUSY_TIMEOUT_MS: Final = 10_000
 SYNCHRONOUS_LEVELS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 READ_CONNECTIONS: Final = 8
+"""Read transactions at once; more wait for a free connection (never inside a thread)."""
 _MIN_SQLITE: Final = (3, 35, 0)
 """``UPDATE … RETURNING`` arrived in SQLite 3.35."""
 
@@ -50,7 +51,9 @@ _TRAITS: Final = DialectTraits(
 class SqliteStore(SqlStore):
     """A store in one SQLite file (``sqlite+aiosqlite:///path/to/file.db``)."""
 
-    def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, url: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:  # pragma: no cover - depends on the host
             raise RuntimeError(
                 f"openbuda needs SQLite >= 3.35 (UPDATE … RETURNING), not {sqlite3.sqlite_version}"
@@ -68,8 +71,14 @@ class SqliteStore(SqlStore):
                 "connections, which an in-memory database cannot share"
             )
         sync_url = parsed.set(drivername="sqlite+pysqlite")
-        self._write_engine = _engine(sync_url, level, begin="BEGIN IMMEDIATE", pool_size=1)
-        self._read_engine = _engine(sync_url, level, begin="BEGIN", pool_size=READ_CONNECTIONS)
+        pragmas = (
+            f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {level}",
+            "PRAGMA foreign_keys = ON",
+        )
+        self._write_engine = _engine(sync_url, pragmas, begin="BEGIN IMMEDIATE", pool_size=1)
+        self._read_engine = _engine(sync_url, pragmas, begin="BEGIN", pool_size=READ_CONNECTIONS)
         self._writer = anyio.Lock()
         self._write_threads = anyio.CapacityLimiter(1)
         self._read_slots = anyio.Semaphore(READ_CONNECTIONS)
@@ -90,12 +99,11 @@ class SqliteStore(SqlStore):
             await anyio.to_thread.run_sync(dispose)
 
 
-def _engine(url: Any, synchronous: str, *, begin: str, pool_size: int) -> Engine:
+def _engine(url: Any, pragmas: tuple[str, ...], *, begin: str, pool_size: int) -> Engine:
     engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=BUSY_TIMEOUT_MS / 1000 * 6,
         connect_args={"check_same_thread": False},
     )
 
@@ -104,10 +112,8 @@ def _engine(url: Any, synchronous: str, *, begin: str, pool_size: int) -> Engine
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-            cursor.execute("PRAGMA foreign_keys = ON")
+            for pragma in pragmas:
+                cursor.execute(pragma)
         finally:
             cursor.close()
 

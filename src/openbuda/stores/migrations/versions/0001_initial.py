@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Times are ``timestamptz`` on PostgreSQL and fixed-width ISO-8601 text on SQLite
+Times are ``timestamptz`` on PostgreSQL and integer microseconds since the epoch on SQLite
 (``openbuda.stores.schema.UtcDateTime``); JSON is text.
 """
 
@@ -27,7 +27,7 @@ def _id(name: str, *, nullable: bool = False) -> sa.Column[str]:
 
 
 def _time(name: str, *, nullable: bool = False) -> sa.Column[object]:
-    kind = sa.DateTime(timezone=True).with_variant(sa.String(32), "sqlite")
+    kind = sa.DateTime(timezone=True).with_variant(sa.BigInteger(), "sqlite")
     return sa.Column(name, kind, nullable=nullable)
 
 
@@ -161,9 +161,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["session_id"], ["sessions.id"], name="fk_events_session_id_sessions"
         ),
-        sa.UniqueConstraint("id", name="uq_events_id"),
     )
-    op.create_index("ix_events_task_id_seq", "events", ["task_id", "seq"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,431 @@
+"""The JSON of the API (API.md): request bodies, response shapes, and records turned into JSON.
+
+Request models refuse unknown fields and, anywhere in the body, NUL characters and lone
+surrogates (422). Response models document the shapes in the OpenAPI document; the routes
+build the JSON with the ``*_json`` functions here, so what is sent is what is documented (the
+schemathesis test holds them together).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from openbuda.api._json import rfc3339
+from openbuda.api.limits import check_clean
+from openbuda.domain.records import (
+    Agent,
+    AgentSettings,
+    ApiKey,
+    Event,
+    Question,
+    QuestionKind,
+    Role,
+    Session,
+    Space,
+    Task,
+)
+from openbuda.domain.states import SessionStatus, TaskStatus
+from openbuda.domain.validation import LIMITS
+from openbuda.service.keys import MAX_KEY_DAYS, CreatedKey
+from openbuda.service.sessions import HISTORY_LIMIT, MessageAccepted, MessageItem, OnBusy
+
+__all__ = [
+    "AgentCreate",
+    "AgentOut",
+    "AgentSettingsBody",
+    "AgentUpdate",
+    "AnswerCreate",
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyOut",
+    "EventOut",
+    "HealthOut",
+    "HistoryItem",
+    "MeOut",
+    "MemberOut",
+    "MessageAcceptedOut",
+    "MessageCreate",
+    "MessageOut",
+    "Page",
+    "QuestionOut",
+    "SessionCreate",
+    "SessionOut",
+    "SessionUpdate",
+    "SpaceCreate",
+    "SpaceCreatedOut",
+    "SpaceOut",
+    "TaskOut",
+    "accepted_json",
+    "agent_json",
+    "api_key_json",
+    "created_key_json",
+    "event_json",
+    "merged_settings",
+    "message_json",
+    "plain_settings",
+    "question_json",
+    "session_json",
+    "space_json",
+    "task_json",
+]
+
+T = TypeVar("T")
+
+INT32_MAX = 2**31 - 1
+"""Counters and timeouts are stored as 32-bit integers."""
+
+
+def _text(limit: str, *, min_length: int = 0) -> Any:
+    return Field(min_length=min_length, max_length=LIMITS[limit])
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unclean_text(cls, data: Any) -> Any:
+        check_clean(data)
+        return data
+
+
+class AgentSettingsBody(AgentSettings):
+    """An agent's settings (API.md, Agents); every field is optional."""
+
+    idle_timeout_s: int = Field(default=900, ge=1, le=INT32_MAX)
+
+
+class AgentCreate(RequestBody):
+    name: Annotated[str, _text("agent_name", min_length=1)]
+    description: Annotated[str, _text("agent_description")] = ""
+    instructions: Annotated[str, _text("agent_instructions")] = ""
+    model: str | None = Field(
+        default=None,
+        max_length=300,
+        description="`provider:model`; null: the server's `OPENBUDA_MODEL`.",
+    )
+    settings: AgentSettingsBody | None = None
+
+
+class AgentUpdate(RequestBody):
+    """Only the fields given change; ``settings`` are merged into the current ones and
+    ``model: null`` goes back to the server's default model."""
+
+    name: Annotated[str, _text("agent_name", min_length=1)] | None = None
+    description: Annotated[str, _text("agent_description")] | None = None
+    instructions: Annotated[str, _text("agent_instructions")] | None = None
+    model: str | None = Field(default=None, max_length=300)
+    settings: AgentSettingsBody | None = None
+
+
+class HistoryItem(RequestBody):
+    role: Literal["user", "assistant"]
+    text: Annotated[str, _text("message_text")]
+
+
+class SessionCreate(RequestBody):
+    title: Annotated[str, _text("session_title")] = ""
+    external_user_id: Annotated[str, _text("external_user_id", min_length=1)] | None = None
+    history: list[HistoryItem] = Field(
+        default_factory=list[HistoryItem],
+        max_length=HISTORY_LIMIT,
+        description="An existing conversation to import, oldest first.",
+    )
+
+
+class SessionUpdate(RequestBody):
+    title: Annotated[str, _text("session_title")]
+
+
+class MessageCreate(RequestBody):
+    text: Annotated[str, _text("message_text", min_length=1)]
+    on_busy: OnBusy = Field(
+        default=OnBusy.QUEUE, description="What to do when a task of the session is active."
+    )
+
+
+class AnswerCreate(RequestBody):
+    question_id: str = Field(max_length=100)
+    text: Annotated[str, _text("answer_text")] | None = None
+    choice: str | None = Field(default=None, max_length=10_000)
+    approved: bool | None = None
+    note: Annotated[str, _text("answer_text")] | None = None
+
+
+class ApiKeyCreate(RequestBody):
+    name: Annotated[str, _text("agent_name", min_length=1)]
+    expires_in_days: int | None = Field(default=None, ge=1, le=MAX_KEY_DAYS)
+    role: Role | None = Field(default=None, description="Default `member`.")
+
+
+class SpaceCreate(RequestBody):
+    name: Annotated[str, _text("agent_name", min_length=1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses (documentation of the shapes the ``*_json`` functions build)
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as `?cursor=` for the next page.")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+class QuestionOut(BaseModel):
+    id: str
+    kind: QuestionKind
+    prompt: str
+    options: list[str] | None
+    asked_at: datetime
+    tool_name: str | None = Field(description="For an approval: the tool waiting for it.")
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    instructions: str
+    model: str | None = Field(description="null: the server's default model.")
+    settings: AgentSettings
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionOut(BaseModel):
+    id: str
+    agent_id: str
+    title: str
+    status: SessionStatus
+    external_user_id: str | None
+    created_at: datetime
+    last_activity_at: datetime
+    task_count: int
+    open_question: QuestionOut | None
+    last_seq: int = Field(description="The seq of the session's latest event.")
+
+
+class TaskResultOut(BaseModel):
+    text: str
+    files: list[str]
+
+
+class TaskErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class TaskOut(BaseModel):
+    id: str
+    session_id: str
+    agent_id: str
+    message_id: str | None
+    status: TaskStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    question: QuestionOut | None
+    result: TaskResultOut | None
+    error: TaskErrorOut | None
+
+
+class EventOut(BaseModel):
+    seq: int
+    id: str
+    type: str
+    task_id: str | None = Field(default=None, description="Absent for session-level events.")
+    at: datetime
+    data: dict[str, Any]
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    seq: int
+    role: Literal["user", "assistant"]
+    text: str
+    task_id: str | None
+    at: datetime
+
+
+class MessageAcceptedOut(BaseModel):
+    message_id: str
+    task_id: str
+    session_id: str
+    kind: Literal["task", "answer", "steer"] = Field(
+        description="`task`: a new task; `answer`: it answered the waiting task's question; "
+        "`steer`: it was given to the running task."
+    )
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    role: Role
+    prefix: str = Field(description="The first characters of the secret.")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    secret: str = Field(description="The key itself: shown once, only its hash is stored.")
+
+
+class SpaceOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class SpaceCreatedOut(BaseModel):
+    space: SpaceOut
+    api_key: ApiKeyCreated
+
+
+class MemberOut(BaseModel):
+    id: str
+    name: str
+    role: Role
+
+
+class MeOut(BaseModel):
+    member: MemberOut
+    space: SpaceOut
+    role: Role = Field(description="The role of this API key.")
+    api_key: ApiKeyOut
+    instance_owner: bool = Field(description="Whether this key may create spaces.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records as JSON
+
+
+def question_json(question: Question | None) -> dict[str, Any] | None:
+    if question is None:
+        return None
+    return {
+        "id": question.id,
+        "kind": question.kind.value,
+        "prompt": question.prompt,
+        "options": None if question.options is None else list(question.options),
+        "asked_at": rfc3339(question.asked_at),
+        "tool_name": question.tool_name,
+    }
+
+
+def agent_json(agent: Agent) -> dict[str, Any]:
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "description": agent.description,
+        "instructions": agent.instructions,
+        "model": agent.model,
+        "settings": agent.settings.model_dump(mode="json"),
+        "created_at": rfc3339(agent.created_at),
+        "updated_at": rfc3339(agent.updated_at),
+    }
+
+
+def session_json(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "agent_id": session.agent_id,
+        "title": session.title,
+        "status": session.status.value,
+        "external_user_id": session.external_user_id,
+        "created_at": rfc3339(session.created_at),
+        "last_activity_at": rfc3339(session.last_activity_at),
+        "task_count": session.task_count,
+        "open_question": question_json(session.open_question),
+        "last_seq": session.last_seq,
+    }
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "session_id": task.session_id,
+        "agent_id": task.agent_id,
+        "message_id": task.message_id,
+        "status": task.status.value,
+        "created_at": rfc3339(task.created_at),
+        "started_at": rfc3339(task.started_at),
+        "finished_at": rfc3339(task.finished_at),
+        "question": question_json(task.question),
+        "result": None if task.result is None else task.result.to_json(),
+        "error": None if task.error is None else task.error.to_json(),
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return event.to_json()
+
+
+def message_json(item: MessageItem) -> dict[str, Any]:
+    return {
+        "message_id": item.message_id,
+        "seq": item.seq,
+        "role": item.role,
+        "text": item.text,
+        "task_id": item.task_id,
+        "at": rfc3339(item.at),
+    }
+
+
+def accepted_json(accepted: MessageAccepted) -> dict[str, Any]:
+    return {
+        "message_id": accepted.message_id,
+        "task_id": accepted.task_id,
+        "session_id": accepted.session_id,
+        "kind": accepted.kind,
+    }
+
+
+def api_key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "role": key.role.value,
+        "prefix": key.prefix,
+        "created_at": rfc3339(key.created_at),
+        "expires_at": rfc3339(key.expires_at),
+        "last_used_at": rfc3339(key.last_used_at),
+    }
+
+
+def created_key_json(created: CreatedKey) -> dict[str, Any]:
+    return {**api_key_json(created.key), "secret": created.secret}
+
+
+def space_json(space: Space) -> dict[str, Any]:
+    return {"id": space.id, "name": space.name, "created_at": rfc3339(space.created_at)}
+
+
+def merged_settings(current: AgentSettings, patch: AgentSettingsBody) -> AgentSettings:
+    """``current`` with the fields ``patch`` was given (``limits`` merged field by field)."""
+    values = current.model_dump()
+    for name in patch.model_fields_set:
+        if name == "limits":
+            limits = patch.limits
+            values["limits"] = {
+                **current.limits.model_dump(),
+                **{field: getattr(limits, field) for field in limits.model_fields_set},
+            }
+        else:
+            values[name] = getattr(patch, name)
+    return AgentSettings.model_validate(values)
+
+
+def plain_settings(settings: AgentSettingsBody) -> AgentSettings:
+    return AgentSettings.model_validate(settings.model_dump())

@@ -1,0 +1,113 @@
+"""The Python SDK of the openbuda HTTP API (API.md).
+
+::
+
+    from openbuda.client import Client
+
+    with Client() as client:  # OPENBUDA_URL / OPENBUDA_API_KEY, else credentials.json
+        agent = client.agents.create("helper", instructions="Be brief.")
+        session = client.sessions.create(agent.id, title="first")
+        accepted = client.sessions.send(session.id, "What is 2 + 2?")
+        with client.sessions.stream(session.id, until_idle=True) as events:
+            for event in events:
+                if event.type == "text.delta":
+                    print(event.data["text"], end="")
+        task = client.tasks.get(accepted.task_id)
+        print(task.status, task.result)
+
+``AsyncClient`` has the same namespaces with ``await`` (and ``async with`` / ``async for`` for
+streams). Both take ``transport=`` (``httpx.ASGITransport(app)``, ``httpx.MockTransport``) for
+tests.
+
+Errors: an error answer raises the ``openbuda.domain.errors`` class of its code (``NotFound``,
+``SessionBusy``, …), which is also an ``ApiError`` carrying ``status``, ``code``, ``message`` and
+``details``; ``ConnectionFailed`` when the server cannot be reached; ``InvalidResponse`` for an answer
+the SDK cannot read; ``MissingCredentials`` when no API key was found.
+"""
+
+from openbuda.client._async import (
+    AsyncAgents,
+    AsyncApiKeys,
+    AsyncClient,
+    AsyncEventStream,
+    AsyncSessions,
+    AsyncSpaces,
+    AsyncTasks,
+)
+from openbuda.client._calls import OnBusy
+from openbuda.client._config import DEFAULT_URL
+from openbuda.client._errors import (
+    ApiError,
+    ConnectionFailed,
+    InvalidResponse,
+    MissingCredentials,
+)
+from openbuda.client._models import (
+    Agent,
+    AgentLimits,
+    AgentSettings,
+    ApiKey,
+    Event,
+    Health,
+    HistoryMessage,
+    Me,
+    Member,
+    Message,
+    MessageAccepted,
+    Page,
+    Question,
+    Session,
+    Space,
+    SpaceCreated,
+    Task,
+    TaskError,
+    TaskResult,
+)
+from openbuda.client._patch import NOT_GIVEN, NotGiven
+from openbuda.client._stream import StreamPolicy
+from openbuda.client._sync import Agents, ApiKeys, Client, EventStream, Sessions, Spaces, Tasks
+
+__all__ = [
+    "DEFAULT_URL",
+    "NOT_GIVEN",
+    "Agent",
+    "AgentLimits",
+    "AgentSettings",
+    "Agents",
+    "ApiError",
+    "ApiKey",
+    "ApiKeys",
+    "AsyncAgents",
+    "AsyncApiKeys",
+    "AsyncClient",
+    "AsyncEventStream",
+    "AsyncSessions",
+    "AsyncSpaces",
+    "AsyncTasks",
+    "Client",
+    "ConnectionFailed",
+    "Event",
+    "EventStream",
+    "Health",
+    "HistoryMessage",
+    "InvalidResponse",
+    "Me",
+    "Member",
+    "Message",
+    "MessageAccepted",
+    "MissingCredentials",
+    "NotGiven",
+    "OnBusy",
+    "Page",
+    "Question",
+    "Session",
+    "Sessions",
+    "Space",
+    "SpaceCreated",
+    "Spaces",
+    "StreamPolicy",
+    "Task",
+    "TaskError",
+    "TaskResult",
+    "Tasks",
+]

@@ -1,0 +1,450 @@
+"""``Client``: the blocking SDK. ``AsyncClient`` (``_async.py``) mirrors it method for method."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from openbuda.client import _calls as calls
+from openbuda.client._calls import Call, HistoryItem, OnBusy, SessionStatusFilter, TaskStatusFilter
+from openbuda.client._config import Connection, resolve_connection
+from openbuda.client._errors import ApiError
+from openbuda.client._http import DEFAULT_TIMEOUT, USER_AGENT, connection_failed, headers_for
+from openbuda.client._http import read_answer as _read
+from openbuda.client._models import (
+    Agent,
+    ApiKey,
+    Event,
+    Health,
+    Me,
+    Message,
+    MessageAccepted,
+    Page,
+    Session,
+    Space,
+    SpaceCreated,
+    Task,
+)
+from openbuda.client._patch import NOT_GIVEN, NotGiven, patch_body
+from openbuda.client._sse import SSEDecoder
+from openbuda.client._stream import StreamPolicy, StreamState
+from openbuda.settings import Settings
+
+__all__ = ["Agents", "ApiKeys", "Client", "EventStream", "Sessions", "Spaces", "Tasks"]
+
+T = TypeVar("T")
+
+
+class Client:
+    """The blocking openbuda client::
+
+        with Client() as client:  # URL and key from OPENBUDA_URL / OPENBUDA_API_KEY or
+            agent = client.agents.create(name="helper")  # $OPENBUDA_HOME/credentials.json
+            session = client.sessions.create(agent.id)
+            client.sessions.send(session.id, "Hello")
+            for event in client.sessions.stream(session.id, until_idle=True):
+                print(event.type, event.data)
+
+    Errors answered by the server raise the ``openbuda.domain.errors`` class of their code
+    (also an ``ApiError`` with ``status``); a server that cannot be reached raises
+    ``ConnectionFailed``; a call without any API key raises ``MissingCredentials``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        settings: Settings | None = None,
+        stream_policy: StreamPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._connection: Connection = resolve_connection(base_url, api_key, settings)
+        self._http = httpx.Client(
+            base_url=self._connection.base_url,
+            transport=transport,
+            timeout=timeout,
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._stream_policy = stream_policy or StreamPolicy()
+        self._sleep = sleep
+        self.api_keys = ApiKeys(self)
+        self.spaces = Spaces(self)
+        self.agents = Agents(self)
+        self.sessions = Sessions(self)
+        self.tasks = Tasks(self)
+
+    @property
+    def base_url(self) -> str:
+        return self._connection.base_url
+
+    def health(self) -> Health:
+        return self._call(calls.health())
+
+    def me(self) -> Me:
+        """The principal of this client's API key: member, space and role."""
+        return self._call(calls.me())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, call: Call[T]) -> T:
+        request = self._http.build_request(
+            call.method,
+            call.path,
+            params=call.params or None,
+            json=call.json,
+            headers=headers_for(self._connection, call),
+        )
+        try:
+            response = self._http.send(request)
+        except httpx.TransportError as error:
+            raise connection_failed(self.base_url, error) from error
+        return _read(response, call)
+
+    def _pages(self, fetch: Callable[[str | None], Page[T]]) -> Iterator[T]:
+        cursor: str | None = None
+        while True:
+            page = fetch(cursor)
+            yield from page.items
+            if page.next_cursor is None or not page.items:
+                return
+            cursor = page.next_cursor
+
+
+class ApiKeys:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, *, limit: int | None = None, cursor: str | None = None) -> Page[ApiKey]:
+        return self._client._call(calls.api_keys_list(limit, cursor))
+
+    def create(
+        self,
+        name: str,
+        *,
+        expires_in_days: int | None = None,
+        role: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ApiKey:
+        """A new key; its ``secret`` is in this answer only."""
+        return self._client._call(
+            calls.api_keys_create(name, expires_in_days, role, idempotency_key)
+        )
+
+    def delete(self, key_id: str) -> None:
+        self._client._call(calls.api_keys_delete(key_id))
+
+
+class Spaces:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self, *, limit: int | None = None, cursor: str | None = None) -> Page[Space]:
+        return self._client._call(calls.spaces_list(limit, cursor))
+
+    def create(self, name: str, *, idempotency_key: str | None = None) -> SpaceCreated:
+        """A new space and its owner's key (the instance owner only)."""
+        return self._client._call(calls.spaces_create(name, idempotency_key))
+
+
+class Agents:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        instructions: str | None = None,
+        model: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Agent:
+        return self._client._call(
+            calls.agents_create(name, description, instructions, model, settings, idempotency_key)
+        )
+
+    def list(self, *, limit: int | None = None, cursor: str | None = None) -> Page[Agent]:
+        return self._client._call(calls.agents_list(limit, cursor))
+
+    def iterate(self, *, page_size: int | None = None) -> Iterator[Agent]:
+        """Every agent, fetching page after page."""
+        return self._client._pages(lambda cursor: self.list(limit=page_size, cursor=cursor))
+
+    def get(self, agent_id: str) -> Agent:
+        return self._client._call(calls.agents_get(agent_id))
+
+    def update(
+        self,
+        agent_id: str,
+        *,
+        name: str | NotGiven = NOT_GIVEN,
+        description: str | NotGiven = NOT_GIVEN,
+        instructions: str | NotGiven = NOT_GIVEN,
+        model: str | NotGiven | None = NOT_GIVEN,
+        settings: Mapping[str, Any] | NotGiven = NOT_GIVEN,
+    ) -> Agent:
+        """Change the given fields (``model=None`` goes back to the server's default)."""
+        body = patch_body(
+            name=name,
+            description=description,
+            instructions=instructions,
+            model=model,
+            settings=settings,
+        )
+        return self._client._call(calls.agents_update(agent_id, body))
+
+    def delete(self, agent_id: str) -> None:
+        self._client._call(calls.agents_delete(agent_id))
+
+
+class Sessions:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        agent_id: str,
+        *,
+        title: str | None = None,
+        external_user_id: str | None = None,
+        history: Sequence[HistoryItem] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        """A new session; ``history`` imports an earlier conversation (``{role, text}`` items)."""
+        return self._client._call(
+            calls.sessions_create(agent_id, title, external_user_id, history, idempotency_key)
+        )
+
+    def list(
+        self,
+        agent_id: str,
+        *,
+        status: SessionStatusFilter | None = None,
+        external_user_id: str | None = None,
+        q: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        return self._client._call(
+            calls.sessions_list(agent_id, status, external_user_id, q, limit, cursor)
+        )
+
+    def iterate(
+        self,
+        agent_id: str,
+        *,
+        status: SessionStatusFilter | None = None,
+        external_user_id: str | None = None,
+        q: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Session]:
+        """Every matching session of the agent, fetching page after page."""
+        return self._client._pages(
+            lambda cursor: self.list(
+                agent_id,
+                status=status,
+                external_user_id=external_user_id,
+                q=q,
+                limit=page_size,
+                cursor=cursor,
+            )
+        )
+
+    def get(self, session_id: str) -> Session:
+        return self._client._call(calls.sessions_get(session_id))
+
+    def rename(self, session_id: str, title: str) -> Session:
+        return self._client._call(calls.sessions_rename(session_id, title))
+
+    def delete(self, session_id: str) -> None:
+        self._client._call(calls.sessions_delete(session_id))
+
+    def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        on_busy: OnBusy | None = None,
+        idempotency_key: str | None = None,
+    ) -> MessageAccepted:
+        """Send a user message (202): a new task, or the answer to a waiting text question."""
+        return self._client._call(calls.sessions_send(session_id, text, on_busy, idempotency_key))
+
+    def messages(
+        self,
+        session_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Message]:
+        """The conversation, oldest first."""
+        return self._client._call(calls.sessions_messages(session_id, after, limit, cursor))
+
+    def events(
+        self,
+        session_id: str,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Event]:
+        """One page of stored events with ``seq`` above ``after`` (or the page's cursor)."""
+        return self._client._call(calls.sessions_events(session_id, after, limit, cursor))
+
+    def stream(
+        self, session_id: str, *, after: int | None = None, until_idle: bool = False
+    ) -> EventStream:
+        """The session's events live: stored ones after ``after`` (default: from the start),
+        then ephemeral ``text.delta`` / ``tool.output`` ones as they happen. Reconnects by
+        itself after a dropped connection, never yielding a stored event twice. With
+        ``until_idle`` it ends once no task of the session is queued or running."""
+        state = StreamState(
+            self._client.base_url,
+            session_id,
+            after=after,
+            until_idle=until_idle,
+            policy=self._client._stream_policy,
+        )
+        return EventStream(self._client, state)
+
+
+class Tasks:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get(self, task_id: str) -> Task:
+        return self._client._call(calls.tasks_get(task_id))
+
+    def list(
+        self,
+        *,
+        status: TaskStatusFilter | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Task]:
+        """Tasks, newest first; ``status="waiting"`` is the inbox."""
+        return self._client._call(calls.tasks_list(status, session_id, agent_id, limit, cursor))
+
+    def iterate(
+        self,
+        *,
+        status: TaskStatusFilter | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Task]:
+        return self._client._pages(
+            lambda cursor: self.list(
+                status=status,
+                session_id=session_id,
+                agent_id=agent_id,
+                limit=page_size,
+                cursor=cursor,
+            )
+        )
+
+    def cancel(self, task_id: str) -> Task:
+        return self._client._call(calls.tasks_cancel(task_id))
+
+    def answer(
+        self,
+        task_id: str,
+        question_id: str,
+        *,
+        text: str | None = None,
+        choice: str | None = None,
+        approved: bool | None = None,
+        note: str | None = None,
+    ) -> Task:
+        """Answer the task's open question: ``text``, ``choice`` (the option's text) or
+        ``approved`` (with an optional ``note``). The task is queued again."""
+        return self._client._call(
+            calls.tasks_answer(task_id, question_id, text, choice, approved, note)
+        )
+
+
+class EventStream:
+    """The iterator of ``Sessions.stream``. Use it in a ``with`` block, or iterate it to the
+    end, so that its connection is closed."""
+
+    def __init__(self, client: Client, state: StreamState) -> None:
+        self._client = client
+        self.state = state
+        self._events = self._run()
+
+    @property
+    def last_seq(self) -> int | None:
+        """The ``seq`` of the last stored event yielded (or the ``after`` it started from)."""
+        return self.state.last_seq
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._events
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self) -> Generator[Event]:
+        client, state = self._client, self.state
+        path = f"/v1/sessions/{quote(state.session_id, safe='')}/events/stream"
+        stream_call = Call("GET", path, lambda _: None)
+        timeout = httpx.Timeout(client._http.timeout.connect, read=state.policy.read_timeout)
+        while True:
+            params, headers = state.request_parts()
+            headers.update(headers_for(client._connection, stream_call))
+            try:
+                with client._http.stream(
+                    "GET", path, params=params, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _read(response, stream_call)
+                    decoder = SSEDecoder()
+                    for chunk in response.iter_bytes():
+                        for sse in decoder.feed(chunk):
+                            event = state.accept(sse)
+                            if event is not None:
+                                yield event
+                if state.ended():
+                    return
+                delay = state.failed(None)
+            except (httpx.TransportError, ApiError) as error:
+                delay = state.failed(error)
+            client._sleep(delay)
