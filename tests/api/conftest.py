@@ -20,6 +20,8 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tests.api.transport import StreamingASGITransport
+from tests.harness import engine_settings
 
 from openbuda.api import create_app
 from openbuda.api.deps import ApiState
@@ -28,8 +30,6 @@ from openbuda.ports import ModelClient, Store
 from openbuda.runtime import Runtime
 from openbuda.testing import ScriptedModel
 from openbuda.testing.tools import RecordingTool
-from tests.api.transport import StreamingASGITransport
-from tests.harness import engine_settings
 
 OWNER_KEY = "ob_test_owner_key_0123456789"
 BASE_URL = "http://openbuda.test"

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.api.conftest import OWNER_KEY, Api, assert_error, make_api
 
 from openbuda.ports import Store
 from openbuda.testing import FakeClock
-from tests.api.conftest import OWNER_KEY, Api, assert_error, make_api
 
 pytestmark = pytest.mark.anyio
 
@@ -103,7 +103,9 @@ async def test_roles_limit_what_a_key_may_do(api: Api) -> None:
     assert_error(
         await admin.post("/v1/api-keys", json={"name": "x", "role": "owner"}), 403, "forbidden"
     )
-    assert (await admin.post("/v1/api-keys", json={"name": "x", "role": "admin"})).status_code == 201
+    assert (
+        await admin.post("/v1/api-keys", json={"name": "x", "role": "admin"})
+    ).status_code == 201
     assert_error(await member.post("/v1/api-keys", json={"name": "x"}), 403, "forbidden")
     assert_error(await member.get("/v1/api-keys"), 403, "forbidden")
     # the reserved name of the instance owner's keys
@@ -127,9 +129,7 @@ async def test_roles_limit_what_a_key_may_do(api: Api) -> None:
     # revoking: not above one's role, always oneself; never the last owner key
     me = (await api.client.get("/v1/me")).json()
     assert_error(await admin.delete(f"/v1/api-keys/{me['api_key']['id']}"), 403, "forbidden")
-    assert_error(
-        await api.client.delete(f"/v1/api-keys/{me['api_key']['id']}"), 409, "conflict"
-    )
+    assert_error(await api.client.delete(f"/v1/api-keys/{me['api_key']['id']}"), 409, "conflict")
     assert (await member.delete(f"/v1/api-keys/{member_key['id']}")).status_code == 204
     assert_error(await member.get("/v1/me"), 401, "unauthorized")
 
@@ -158,7 +158,9 @@ async def test_the_instance_owner_creates_spaces_with_their_owner_key(api: Api) 
 async def test_an_expired_key_is_refused(store: Store, tmp_path: Path) -> None:
     clock = FakeClock(datetime.now(UTC))
     async for api in make_api(store, tmp_path, clock=clock):
-        created = await api.client.post("/v1/api-keys", json={"name": "short", "expires_in_days": 1})
+        created = await api.client.post(
+            "/v1/api-keys", json={"name": "short", "expires_in_days": 1}
+        )
         client = api.client_for(created.json()["secret"])
         assert (await client.get("/v1/agents")).status_code == 200
         clock.advance(timedelta(days=1, seconds=1).total_seconds())

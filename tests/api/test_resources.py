@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 import pytest
+from tests.api.conftest import Api, assert_error
 
 from openbuda.testing import reply
-from tests.api.conftest import Api, assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -151,7 +151,9 @@ async def test_sessions_crud_filters_and_pages(api: Api) -> None:
 
     first = (await api.client.get(base, params={"limit": 2})).json()
     assert len(first["items"]) == 2 and first["next_cursor"]
-    second = (await api.client.get(base, params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    second = (
+        await api.client.get(base, params={"limit": 2, "cursor": first["next_cursor"]})
+    ).json()
     assert [s["id"] for s in second["items"]] == [billing["id"]]
     assert second["next_cursor"] is None
 
@@ -184,7 +186,9 @@ async def test_a_session_imports_history(api: Api) -> None:
         params: dict[str, Any] = {"limit": 500}
         if cursor:
             params["cursor"] = cursor
-        page = (await api.client.get(f"/v1/sessions/{session['id']}/messages", params=params)).json()
+        page = (
+            await api.client.get(f"/v1/sessions/{session['id']}/messages", params=params)
+        ).json()
         messages += page["items"]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -192,7 +196,8 @@ async def test_a_session_imports_history(api: Api) -> None:
     assert [(m["role"], m["text"]) for m in messages] == [(h["role"], h["text"]) for h in history]
     assert_error(
         await api.client.post(
-            f"/v1/agents/{agent['id']}/sessions", json={"history": [{"role": "system", "text": "x"}]}
+            f"/v1/agents/{agent['id']}/sessions",
+            json={"history": [{"role": "system", "text": "x"}]},
         ),
         422,
         "validation_error",
@@ -240,7 +245,9 @@ async def test_messages_run_tasks_and_the_conversation_reads_back(api: Api) -> N
     assert all(set(e) <= {"seq", "id", "type", "task_id", "at", "data"} for e in events)
     assert_times(events[1], "at")
     page = (
-        await api.client.get(f"/v1/sessions/{session['id']}/events", params={"after": 2, "limit": 2})
+        await api.client.get(
+            f"/v1/sessions/{session['id']}/events", params={"after": 2, "limit": 2}
+        )
     ).json()
     assert [e["seq"] for e in page["items"]] == [3, 4] and page["next_cursor"] == "4"
     rest = (

@@ -29,9 +29,7 @@ __all__ = ["StreamingASGITransport"]
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(
-        self, chunks: MemoryObjectReceiveStream[bytes], disconnected: anyio.Event
-    ) -> None:
+    def __init__(self, chunks: MemoryObjectReceiveStream[bytes], disconnected: anyio.Event) -> None:
         self._chunks = chunks
         self._disconnected = disconnected
 

@@ -1,12 +1,13 @@
 """The real API app, for the SDK and CLI tests: served by uvicorn on a thread (sync client,
 CLI), or driven in-process through a streaming ASGI transport (async client). Either way the
-agents' model is one ``ScriptedModel`` that the test fills."""
+agents' model is one ``ScriptedModel`` that the test fills, and their one tool a
+``RecordingTool`` (``record``)."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from openbuda.client import AsyncClient, Client
 from openbuda.ports import ModelClient
 from openbuda.settings import Settings
 from openbuda.testing import ScriptedModel
+from openbuda.testing.tools import RecordingTool
 from tests.api.transport import StreamingASGITransport
 from tests.harness import engine_settings
 
@@ -43,7 +45,9 @@ def scripted_app(settings: Settings, model: ScriptedModel) -> FastAPI:
     def resolve(_spec: str | None) -> ModelClient:
         return model
 
-    return create_app(settings, models=resolve, announce=lambda _text: None)
+    return create_app(
+        settings, models=resolve, tools=[RecordingTool()], announce=lambda _text: None
+    )
 
 
 def free_port() -> int:
@@ -66,7 +70,7 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(home: Path, model: ScriptedModel, **overrides: Any) -> Iterator[LiveServer]:
+def live_server(home: Path, model: ScriptedModel, **overrides: Any) -> Generator[LiveServer]:
     port = free_port()
     settings = server_settings(home, port=port, **overrides)
     config = uvicorn.Config(
@@ -96,7 +100,7 @@ def live_server(home: Path, model: ScriptedModel, **overrides: Any) -> Iterator[
 
 
 @asynccontextmanager
-async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncBaseTransport]:
+async def in_process(app: FastAPI) -> AsyncGenerator[httpx.AsyncBaseTransport]:
     """A transport to ``app`` in this event loop, its lifespan running, streaming responses."""
     async with app.router.lifespan_context(app), anyio.create_task_group() as group:
         yield StreamingASGITransport(app, group)
@@ -106,7 +110,7 @@ async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncBaseTransport]:
 @asynccontextmanager
 async def in_process_client(
     home: Path, model: ScriptedModel, **overrides: Any
-) -> AsyncIterator[AsyncClient]:
+) -> AsyncGenerator[AsyncClient]:
     """An ``AsyncClient`` talking to the app in this event loop."""
     app = scripted_app(server_settings(home, **overrides), model)
     async with (
@@ -166,6 +170,14 @@ class DroppingTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     @property
     def last_event_ids(self) -> list[str | None]:
         return [r.headers.get("last-event-id") for r in self.stream_requests]
+
+    def close(self) -> None:
+        if isinstance(self.inner, httpx.BaseTransport):
+            self.inner.close()
+
+    async def aclose(self) -> None:
+        if isinstance(self.inner, httpx.AsyncBaseTransport):
+            await self.inner.aclose()
 
 
 class _Cut(httpx.SyncByteStream, httpx.AsyncByteStream):

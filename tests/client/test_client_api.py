@@ -155,7 +155,7 @@ async def test_cancel(client: AsyncClient, model: ScriptedModel) -> None:
     assert cancelled.status is TaskStatus.CANCELLED
     with pytest.raises(InvalidTransition) as again:
         await client.tasks.cancel(accepted.task_id)
-    assert again.value.status == 409
+    assert isinstance(again.value, ApiError) and again.value.status == 409
     events = await until_idle(client, session.id, after=None)
     assert events[-1].data == {"status": "cancelled", "reason": "cancelled"}
 
@@ -196,7 +196,8 @@ async def test_agents_update_and_delete(client: AsyncClient) -> None:
     await client.agents.delete(agent.id)
     with pytest.raises(NotFound) as missing:
         await client.agents.get(agent.id)
-    assert missing.value.status == 404 and agent.id in missing.value.message
+    assert isinstance(missing.value, ApiError) and missing.value.status == 404
+    assert agent.id in missing.value.message
 
 
 async def test_idempotency_key_gives_the_same_result(client: AsyncClient) -> None:
@@ -220,7 +221,7 @@ async def test_error_answers_are_typed(client: AsyncClient) -> None:
         await client.sessions.get("ses_missing")
     with pytest.raises(ValidationFailed) as invalid:
         await client.agents.list(limit=0)
-    assert invalid.value.status == 422
+    assert isinstance(invalid.value, ApiError) and invalid.value.status == 422
     with pytest.raises(InvalidRequest):
         await client.agents.list(cursor="not-a-cursor")
     with pytest.raises(ValidationFailed):

@@ -4,6 +4,7 @@ URL and key come from."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +15,23 @@ import pytest
 
 from openbuda.client import (
     NOT_GIVEN,
+    Agents,
     ApiError,
+    ApiKeys,
+    AsyncAgents,
+    AsyncApiKeys,
     AsyncClient,
+    AsyncSessions,
+    AsyncSpaces,
+    AsyncTasks,
     Client,
     ConnectionFailed,
     HistoryMessage,
     InvalidResponse,
     MissingCredentials,
+    Sessions,
+    Spaces,
+    Tasks,
 )
 from openbuda.domain.errors import (
     Conflict,
@@ -234,8 +245,8 @@ def test_an_answer_the_sdk_cannot_read(tmp_path: Path) -> None:
     with client_for(recorder, tmp_path) as client, pytest.raises(InvalidResponse) as raised:
         client.me()
     assert "GET /v1/me answered 200 with a body the SDK cannot read" in str(raised.value)
-    recorder.answer = lambda request: httpx.Response(200, text="<html>")
-    with client_for(recorder, tmp_path) as client, pytest.raises(InvalidResponse):
+    not_json = Recorder(lambda request: httpx.Response(200, text="<html>"))
+    with client_for(not_json, tmp_path) as client, pytest.raises(InvalidResponse):
         client.me()
 
 
@@ -308,6 +319,27 @@ def test_credentials_file_is_the_fallback(tmp_path: Path, monkeypatch: pytest.Mo
     assert recorder.last.headers["authorization"] == "Bearer ob_given"
 
 
+def test_the_saved_key_is_never_sent_to_another_server(tmp_path: Path) -> None:
+    (tmp_path / "credentials.json").write_text(
+        json.dumps({"url": "http://127.0.0.1:8000", "api_key": "ob_local"})
+    )
+    recorder = Recorder(
+        lambda request: httpx.Response(200, json={"items": [], "next_cursor": None})
+    )
+    transport = httpx.MockTransport(recorder)
+    settings = Settings(home=tmp_path, url=None, api_key=None)
+    with Client("http://127.0.0.1:8000/", transport=transport, settings=settings) as client:
+        client.agents.list()  # the same server: its saved key is used
+    assert recorder.last.headers["authorization"] == "Bearer ob_local"
+    with (
+        Client("https://elsewhere.example", transport=transport, settings=settings) as client,
+        pytest.raises(MissingCredentials) as raised,
+    ):
+        client.agents.list()
+    assert "the key in" in str(raised.value) and "is for http://127.0.0.1:8000" in str(raised.value)
+    assert len(recorder.requests) == 1
+
+
 def test_a_null_url_in_the_credentials_uses_the_local_default(tmp_path: Path) -> None:
     (tmp_path / "credentials.json").write_text(json.dumps({"url": None, "api_key": "ob_x"}))
     client = Client(settings=Settings(home=tmp_path, url=None, api_key=None))
@@ -325,3 +357,27 @@ def test_no_key_anywhere(tmp_path: Path) -> None:
     assert str(tmp_path / "credentials.json") in str(raised.value)
     assert "OPENBUDA_API_KEY" in str(raised.value)
     assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("sync", "asynchronous"),
+    [
+        (Client, AsyncClient),
+        (Agents, AsyncAgents),
+        (ApiKeys, AsyncApiKeys),
+        (Sessions, AsyncSessions),
+        (Spaces, AsyncSpaces),
+        (Tasks, AsyncTasks),
+    ],
+)
+def test_the_async_client_has_the_same_methods_and_parameters(
+    sync: type[object], asynchronous: type[object]
+) -> None:
+    def surface(cls: type[object]) -> dict[str, list[str]]:
+        return {
+            name: [p for p in inspect.signature(member).parameters if p != "self"]
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_") and name not in ("close", "aclose")
+        }
+
+    assert surface(sync) == surface(asynchronous)

@@ -69,7 +69,9 @@ def test_the_stream_resumes_over_a_real_connection(
 
 
 def test_nothing_listening_is_a_clear_connection_error() -> None:
-    with Client(f"http://127.0.0.1:{free_port()}", API_KEY) as client:
-        with pytest.raises(ConnectionFailed) as raised:
-            client.agents.list()
+    with (
+        Client(f"http://127.0.0.1:{free_port()}", API_KEY) as client,
+        pytest.raises(ConnectionFailed) as raised,
+    ):
+        client.agents.list()
     assert "is `openbuda serve` running?" in str(raised.value)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from openbuda.client._sse import SSEDecoder, ServerSentEvent
+from openbuda.client._sse import ServerSentEvent, SSEDecoder
 
 
 def decode(*chunks: bytes) -> list[ServerSentEvent]:

@@ -109,9 +109,11 @@ def test_resume_after_a_dropped_connection_has_no_gap_and_no_duplicate(drop_afte
 async def test_async_resume_after_a_dropped_connection() -> None:
     fake = FakeStream(session_log(), drops={1: 4, 2: 1})
     sleeps: list[float] = []
-    async with async_client(fake, sleeps) as client:
-        async with client.sessions.stream("ses_1", until_idle=True) as stream:
-            events = [event async for event in stream]
+    async with (
+        async_client(fake, sleeps) as client,
+        client.sessions.stream("ses_1", until_idle=True) as stream,
+    ):
+        events = [event async for event in stream]
     assert [s for s in seqs(events) if s is not None] == [1, 2, 3, 4, 5, 6]
     assert fake.last_event_ids == [None, "3", "4"]
     assert sleeps == [0.5, 0.5]  # each reconnection followed an event: the counter was reset

@@ -148,8 +148,10 @@ async def wait_tasks(
         return len(found) == len(wanted) and all(task.status in statuses for task in found.values())
 
     try:
+        # many tasks take a while: poll them less often, to leave the engine the CPU
+        interval = 0.02 if len(wanted) <= 50 else 0.1
         await wait_for(
-            settled, timeout=timeout, what=f"{len(wanted)} task(s) to settle", interval=0.05
+            settled, timeout=timeout, what=f"{len(wanted)} task(s) to settle", interval=interval
         )
     except AssertionError as error:
         pending = {t.id: t.status.value for t in found.values() if t.status not in statuses}

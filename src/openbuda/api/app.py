@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Final
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,7 +42,7 @@ from openbuda.engine.tools import Tool, ToolRegistry
 from openbuda.models import resolve_model
 from openbuda.ports import Clock, ModelClient, Store
 from openbuda.runtime import Runtime
-from openbuda.service.keys import KeyService
+from openbuda.service.keys import KeyService, check_bootstrap_key
 from openbuda.settings import Settings
 
 __all__ = ["create_app"]
@@ -82,6 +82,8 @@ def create_app(
     the agents' tools (default: the runtime's own, not traced); ``run_engine`` false serves the
     API without running tasks here (another process does)."""
     settings = settings or Settings()
+    if settings.bootstrap_api_key is not None:
+        check_bootstrap_key(settings.bootstrap_api_key)  # fail now, not at the first start
     metrics = metrics or Metrics()
     own_provider = tracer_provider is None
     provider = tracer_provider or tracer_provider_from(settings)
@@ -143,11 +145,9 @@ def create_app(
     )
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
 
-    api = APIRouter(prefix=PREFIX)
-    api.include_router(identity.health_router)
+    app.include_router(identity.health_router)
     for module in (identity, agents, sessions, stream, tasks):
-        api.include_router(module.router)
-    app.include_router(api)
+        app.include_router(module.router)
 
     if settings.metrics_enabled:
 

@@ -36,7 +36,11 @@ _CONTEXT: Final[ContextVar[dict[str, str]]] = ContextVar(
     "openbuda_log_context",
     default=_EMPTY,  # never mutated: ``bind`` sets a new dict
 )
-_STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of the message with terminal colours
+}
 
 
 def bind(**values: str | None) -> Token[dict[str, str]]:

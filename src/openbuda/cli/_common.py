@@ -11,6 +11,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from openbuda.client import (
     Agent,
@@ -31,10 +32,18 @@ __all__ = [
     "Target",
     "UrlOption",
     "console",
+    "details",
+    "each",
     "errors",
     "handle_errors",
+    "listing",
+    "one_line",
+    "parse_setting",
     "print_json",
+    "report_error",
     "resolve_agent",
+    "settings_from",
+    "when",
 ]
 
 P = ParamSpec("P")
@@ -155,6 +164,29 @@ def resolve_agent(client: Client, reference: str) -> Agent:
     return named[0]
 
 
+def listing(*headers: str) -> Table:
+    """A borderless table; columns named like ids (``id``, ``task``, ``session``, ``agent``)
+    never wrap or shrink, so that ids can be copied whole."""
+    columns = [
+        Column(header, no_wrap=True, min_width=len(header))
+        if header in _ID_COLUMNS
+        else Column(header, overflow="fold")
+        for header in headers
+    ]
+    return Table(*columns, box=None, pad_edge=False)
+
+
+def details() -> Table:
+    """A two-column table of labelled values (``show`` commands)."""
+    grid = Table(show_header=False, box=None, pad_edge=False)
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    return grid
+
+
+_ID_COLUMNS = frozenset({"id", "task", "session", "created", "finished", "asked", "last activity"})
+
+
 def parse_setting(item: str) -> tuple[str, Any]:
     """``key=value`` with the value read as JSON when it is JSON (``5``, ``true``,
     ``["shell"]``), else as text."""
@@ -176,7 +208,7 @@ def settings_from(items: list[str] | None) -> dict[str, Any]:
     return parsed
 
 
-def lines(text: str | None, limit: int = 60) -> str:
+def one_line(text: str | None, limit: int = 60) -> str:
     """``text`` on one line, cut to ``limit`` characters."""
     flat = " ".join((text or "").split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from openbuda.cli._common import (
     ApiKeyOption,
@@ -17,9 +16,11 @@ from openbuda.cli._common import (
     Target,
     UrlOption,
     console,
+    details,
     each,
     handle_errors,
-    lines,
+    listing,
+    one_line,
     print_json,
     resolve_agent,
     settings_from,
@@ -103,13 +104,13 @@ def list_agents(
     if as_json:
         print_json(agents)
         return
-    table = Table("id", "name", "model", "description", "created", box=None, pad_edge=False)
+    table = listing("id", "name", "model", "description", "created")
     for agent in agents:
         table.add_row(
             agent.id,
             escape(agent.name),
             escape(agent.model or "(default)"),
-            escape(lines(agent.description)),
+            escape(one_line(agent.description)),
             when(agent.created_at),
         )
     console.print(table if agents else "[dim]no agents yet: openbuda agents create NAME[/]")
@@ -203,9 +204,7 @@ def delete(
 
 
 def _print_agent(agent: Agent) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = details()
     table.add_row("id", agent.id)
     table.add_row("name", escape(agent.name))
     table.add_row("model", escape(agent.model or "(server default)"))

@@ -83,7 +83,9 @@ def chat(
 ) -> None:
     """Chat with an agent: text and steps stream live, questions are asked inline.
 
-    AGENT is an id or a unique name; --session continues a session. An empty line ends.
+    AGENT is an id or a unique name; --session continues a session (first asking the question
+    its task waits on, if any). An empty line ends. Exit status: 0, 1 when a task failed, 3
+    when a task waits for an answer nobody gave.
     """
     handle_errors(_chat)(
         agent=agent,
@@ -108,6 +110,8 @@ def _chat(
     target: Target,
     as_json: bool,
 ) -> None:
+    if not messages and not interactive and session_id is None:
+        raise InvalidRequest("nothing to send: give --message, or run chat in a terminal")
     with target.client() as client:
         session = _session(client, agent, session_id, title)
         follower = Follower(

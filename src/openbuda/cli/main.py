@@ -77,6 +77,35 @@ def migrate(home: HomeOption = None, database_url: DatabaseOption = None) -> Non
 
 
 @app.command()
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option("--host", envvar="OPENBUDA_HOST", help="Interface (default 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", envvar="OPENBUDA_PORT", help="Port (default 8000).")
+    ] = None,
+    home: HomeOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run the HTTP API with its workers. On an empty data directory this creates the first
+    space and prints its owner's API key once (also saved to credentials.json)."""
+    try:
+        from openbuda.api.server import serve as run_server
+    except ImportError as missing:  # pragma: no cover - depends on the installation
+        errors.print(f"[red]the server needs {missing.name!r}[/]: pip install 'openbuda[server]'")
+        raise typer.Exit(1) from None
+
+    from openbuda.domain.errors import OpenbudaError
+
+    try:
+        run_server(_settings(home, database_url, host=host, port=port))
+    except OpenbudaError as error:
+        errors.print(f"[red]cannot serve[/]: {error.message}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def demo(
     message: Annotated[
         list[str] | None,

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from openbuda.cli._common import (
     AgentOption,
@@ -17,9 +16,11 @@ from openbuda.cli._common import (
     Target,
     UrlOption,
     console,
+    details,
     each,
     handle_errors,
-    lines,
+    listing,
+    one_line,
     print_json,
     resolve_agent,
     when,
@@ -75,12 +76,12 @@ def list_sessions(
     if not found:
         console.print("[dim]no sessions[/]")
         return
-    table = Table("id", "agent", "title", "status", "tasks", "last activity", box=None)
+    table = listing("id", "agent", "title", "status", "tasks", "last activity")
     for owner, session in found:
         table.add_row(
             session.id,
             escape(owner.name),
-            escape(lines(session.title, 40)),
+            escape(one_line(session.title, 40)),
             _status(session),
             str(session.task_count),
             when(session.last_activity_at),
@@ -105,9 +106,7 @@ def show(
     if as_json:
         print_json({**session.to_json(), "messages": [m.to_json() for m in messages]})
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = details()
     table.add_row("id", session.id)
     table.add_row("agent", session.agent_id)
     table.add_row("title", escape(session.title))

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from openbuda.cli._common import (
     AgentOption,
@@ -18,8 +17,10 @@ from openbuda.cli._common import (
     Target,
     UrlOption,
     console,
+    details,
     each,
     handle_errors,
+    listing,
     print_json,
     resolve_agent,
     when,
@@ -60,9 +61,7 @@ def show(
     if as_json:
         print_json(task)
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = details()
     table.add_row("id", task.id)
     table.add_row("session", task.session_id)
     table.add_row("status", _status(task))
@@ -115,7 +114,7 @@ def list_tasks(
     if not tasks:
         console.print("[dim]no tasks[/]")
         return
-    table = Table("id", "session", "status", "created", "finished", box=None)
+    table = listing("id", "session", "status", "created", "finished")
     for task in tasks:
         table.add_row(
             task.id, task.session_id, _status(task), when(task.created_at), when(task.finished_at)
@@ -145,7 +144,7 @@ def inbox(
     if not tasks:
         console.print("[green]inbox is empty[/]: no task waits for an answer")
         return
-    table = Table("task", "session", "kind", "question", "asked", box=None)
+    table = listing("task", "session", "kind", "question", "asked")
     for task in tasks:
         question = task.question
         table.add_row(

@@ -1,6 +1,10 @@
 """Where the SDK finds its server and key: the arguments, else ``Settings`` (``OPENBUDA_URL``,
 ``OPENBUDA_API_KEY``), else ``$OPENBUDA_HOME/credentials.json`` (written by ``openbuda serve``),
-else the local default URL."""
+else the local default URL.
+
+The key saved in credentials.json belongs to the server saved with it: it is never sent to
+another URL given by argument or environment.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ class Connection:
     api_key: str | None
     credentials_path: Path
     """Where the key was looked for (named in the error when there is none)."""
+    saved_url: str | None = None
+    """The URL of the key in credentials.json that was not used because it is another server's."""
 
 
 def resolve_connection(
@@ -29,13 +35,20 @@ def resolve_connection(
 ) -> Connection:
     settings = settings if settings is not None else Settings()
     path = settings.home / "credentials.json"
-    url = base_url or settings.url
+    url = _clean(base_url or settings.url)
     key = api_key or settings.api_key
-    if url is None or key is None:
-        saved = _read_credentials(path)
-        url = url or _text(saved.get("url"))
-        key = key or _text(saved.get("api_key"))
-    return Connection((url or DEFAULT_URL).rstrip("/"), key, path)
+    if url is not None and key is not None:
+        return Connection(url, key, path)
+    saved = _read_credentials(path)
+    saved_url = _clean(_text(saved.get("url")))
+    saved_key = _text(saved.get("api_key"))
+    if url is None:
+        return Connection(saved_url or DEFAULT_URL, key or saved_key, path)
+    if key is None and saved_key is not None:
+        if url == (saved_url or DEFAULT_URL):
+            return Connection(url, saved_key, path)
+        return Connection(url, None, path, saved_url=saved_url or DEFAULT_URL)
+    return Connection(url, key, path)
 
 
 def _read_credentials(path: Path) -> dict[str, Any]:
@@ -48,3 +61,7 @@ def _read_credentials(path: Path) -> dict[str, Any]:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _clean(url: str | None) -> str | None:
+    return None if not url else url.rstrip("/")

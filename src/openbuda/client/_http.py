@@ -31,10 +31,17 @@ def headers_for(connection: Connection, call: Call[Any]) -> dict[str, str]:
     headers = dict(call.headers)
     if call.auth:
         if connection.api_key is None:
+            path = str(connection.credentials_path)
+            if connection.saved_url is not None:
+                raise MissingCredentials(
+                    f"no API key for {connection.base_url}: the key in {path!r} is for "
+                    f"{connection.saved_url}; pass api_key= (--api-key) or set OPENBUDA_API_KEY",
+                    details={"credentials_path": path, "saved_url": connection.saved_url},
+                )
             raise MissingCredentials(
-                "no API key: pass api_key=, set OPENBUDA_API_KEY, or run `openbuda serve` "
-                f"once to write {str(connection.credentials_path)!r}",
-                details={"credentials_path": str(connection.credentials_path)},
+                "no API key: pass api_key= (--api-key), set OPENBUDA_API_KEY, or run "
+                f"`openbuda serve` once to write {path!r}",
+                details={"credentials_path": path},
             )
         headers["Authorization"] = f"Bearer {connection.api_key}"
     return headers

@@ -12,7 +12,7 @@ The input is built from the stored projection only: the rolling summary plus the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from openbuda.domain.conversation import (
@@ -232,7 +232,7 @@ def choose_compaction_boundary(
         if event.task_id is not None:
             first_seq, _ = spans.get(event.task_id, (event.seq, event.seq))
             spans[event.task_id] = (first_seq, event.seq)
-    whole = [s for s in starts if not any(lo < s <= hi for lo, hi in spans.values())]
+    whole = _outside_spans(starts, spans.values())
     starts = whole or starts
     totals: dict[int, int] = {}
     suffix = 0
@@ -243,6 +243,23 @@ def choose_compaction_boundary(
         if totals[start] <= keep_tokens:
             return start
     return starts[-1]
+
+
+def _outside_spans(starts: Sequence[int], spans: Iterable[tuple[int, int]]) -> list[int]:
+    """The ``starts`` (in their order) that lie in no span ``(lo, hi]``: one sweep over the
+    spans sorted by ``lo``, O(n log n) rather than every start against every span."""
+    ordered = sorted(spans)
+    outside: set[int] = set()
+    reach: int | None = None  # the highest ``hi`` among the spans with ``lo`` < the start
+    index = 0
+    for start in sorted(starts):
+        while index < len(ordered) and ordered[index][0] < start:
+            hi = ordered[index][1]
+            reach = hi if reach is None else max(reach, hi)
+            index += 1
+        if reach is None or reach < start:
+            outside.add(start)
+    return [start for start in starts if start in outside]
 
 
 def render_for_summary(previous_summary: str, events: Sequence[Event]) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "KeyService",
     "authenticate",
     "bootstrap",
+    "check_bootstrap_key",
     "hash_secret",
     "new_secret",
 ]
@@ -51,6 +52,16 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def check_bootstrap_key(secret: str) -> str:
+    """``secret`` if it may be the first key (``OPENBUDA_BOOTSTRAP_API_KEY``), else 422."""
+    if not _BOOTSTRAP_KEY.match(secret):
+        raise ValidationFailed(
+            "the bootstrap API key must be 20-200 URL-safe characters (A-Z a-z 0-9 _ -)",
+            details={"field": "OPENBUDA_BOOTSTRAP_API_KEY"},
+        )
+    return secret
+
+
 @dataclass(frozen=True, slots=True)
 class Bootstrapped:
     principal: Principal
@@ -65,10 +76,8 @@ async def bootstrap(
     ``None`` when a key exists already (then ``secret`` is ignored). One transaction: processes
     that start at once on an empty store create one space and one key between them.
     """
-    if secret is not None and not _BOOTSTRAP_KEY.match(secret):
-        raise ValidationFailed(
-            "the bootstrap API key must be 20-200 URL-safe characters (A-Z a-z 0-9 _ -)"
-        )
+    if secret is not None:
+        check_bootstrap_key(secret)
     secret = secret or new_secret()
     async with store.write() as tx:
         await tx.lock_keys()

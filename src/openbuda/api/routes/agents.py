@@ -24,7 +24,7 @@ from openbuda.ports import AgentPatch
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["agents"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["agents"], responses=ERROR_RESPONSES)
 
 
 @router.get("/agents", response_model=Page[AgentOut], summary="Agents of this space")

@@ -29,8 +29,8 @@ from openbuda.api.schemas import (
 
 __all__ = ["health_router", "router"]
 
-health_router = APIRouter(tags=["health"])
-router = APIRouter(tags=["identity"], responses=ERROR_RESPONSES)
+health_router = APIRouter(prefix="/v1", tags=["health"])
+router = APIRouter(prefix="/v1", tags=["identity"], responses=ERROR_RESPONSES)
 
 
 @health_router.get("/health", response_model=HealthOut, summary="Health check (no auth)")

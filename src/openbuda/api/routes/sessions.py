@@ -30,7 +30,7 @@ from openbuda.service.sessions import HistoryMessage
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["sessions"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["sessions"], responses=ERROR_RESPONSES)
 
 After = Annotated[
     int, Query(ge=0, le=SEQ_MAX, description="Only what comes after this seq (default 0).")

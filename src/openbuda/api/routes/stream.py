@@ -18,7 +18,7 @@ from openbuda.domain.states import SessionStatus
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["sessions"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["sessions"], responses=ERROR_RESPONSES)
 
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -45,6 +45,7 @@ def _last_event_id(value: str | None) -> int | None:
 @router.get(
     "/sessions/{session_id}/events/stream",
     response_class=EventStreamResponse,
+    status_code=200,
     responses=_STREAM_DOC,
     summary="Follow a session's events live (SSE), after replaying the stored ones",
 )

@@ -18,7 +18,7 @@ from openbuda.service.tasks import Answer
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["tasks"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 
 
 @router.get(
@@ -35,11 +35,8 @@ async def list_tasks(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> JsonResponse:
-    try:
-        session_id = None if session_id is None else path_id("session", session_id)
-        agent_id = None if agent_id is None else path_id("agent", agent_id)
-    except NotFound:  # a filter nothing can match
-        return JsonResponse({"items": [], "next_cursor": None})
+    session_id = _filter_id(session_id)
+    agent_id = _filter_id(agent_id)
     page = await api.runtime.tasks.list(
         principal,
         status=status,
@@ -51,6 +48,16 @@ async def list_tasks(
     return JsonResponse(
         {"items": [task_json(task) for task in page.items], "next_cursor": page.next_cursor}
     )
+
+
+def _filter_id(value: str | None) -> str | None:
+    """A filter by id; one that no id can equal still runs (and matches nothing)."""
+    if value is None:
+        return None
+    try:
+        return path_id("filter", value)
+    except NotFound:
+        return "-"
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, summary="One task")

@@ -1,0 +1,192 @@
+"""``follow_session`` against a fake source: the merge of stored and live events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+from tests.api.conftest import sse_messages
+
+from openbuda.api.sse import StreamSource, comment, follow_session, format_event
+from openbuda.domain.records import Event
+from openbuda.engine.broadcaster import InProcessBroadcaster
+from openbuda.ports import Subscription
+
+pytestmark = pytest.mark.anyio
+
+SESSION = "ses_1"
+
+
+def event(seq: int, type_: str = "message", **data: Any) -> Event:
+    return Event(seq, f"evt_{seq}", SESSION, type_, datetime(2025, 1, 1, tzinfo=UTC), data)
+
+
+class FakeSource:
+    """Stored events in a list, live ones through a real in-process broadcaster."""
+
+    def __init__(self, *, buffer: int = 1000) -> None:
+        self.stored: list[Event] = []
+        self.broadcaster = InProcessBroadcaster(buffer=buffer)
+        self.is_busy: bool | None = True
+        self.subscriptions = 0
+        self.reads = 0
+
+    def store(self, *events: Event) -> None:
+        self.stored.extend(events)
+
+    async def publish(self, *events: Event | dict[str, Any]) -> None:
+        for item in events:
+            await self.broadcaster.publish(
+                SESSION, item.to_json() if isinstance(item, Event) else item
+            )
+
+    async def read(self, after: int, limit: int) -> list[Event]:
+        self.reads += 1
+        return [e for e in self.stored if e.seq > after][:limit]
+
+    def subscribe(self) -> Subscription:
+        self.subscriptions += 1
+        return self.broadcaster.subscribe(SESSION)
+
+    async def busy(self) -> bool | None:
+        return self.is_busy
+
+    def source(self) -> StreamSource:
+        return StreamSource(self.read, self.subscribe, self.busy)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.changed = anyio.Event()
+
+    async def __call__(self, chunk: str) -> None:
+        self.chunks.append(chunk)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return sse_messages("".join(self.chunks))
+
+    @property
+    def seqs(self) -> list[int]:
+        return [int(m["id"]) for m in self.messages if "id" in m]
+
+    async def wait_for(self, count: int) -> None:
+        with anyio.fail_after(5):
+            while len([m for m in self.messages if "comment" not in m]) < count:
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[FakeSource, Sink, anyio.abc.TaskGroup]]:
+    source, sink = FakeSource(), Sink()
+    async with anyio.create_task_group() as group:
+        yield source, sink, group
+        group.cancel_scope.cancel()
+
+
+def test_format_event() -> None:
+    stored = format_event(event(7, text="hé\nllo").to_json())
+    assert stored.startswith("id: 7\nevent: message\ndata: {")
+    assert stored.endswith("}\n\n") and stored.count("\n") == 4
+    ephemeral = format_event({"type": "text.delta", "data": {"text": "x"}})
+    assert ephemeral == 'event: text.delta\ndata: {"type":"text.delta","data":{"text":"x"}}\n\n'
+    lone = format_event({"type": "message", "data": {"text": "\ud800"}, "seq": 1})
+    assert "\\ud800" in lone
+    lone.encode("utf-8")
+    assert comment() == ": keep-alive\n\n"
+
+
+async def test_backlog_then_live_without_duplicates(
+    running: tuple[FakeSource, Sink, anyio.abc.TaskGroup],
+) -> None:
+    source, sink, group = running
+    source.store(event(1), event(2))
+    group.start_soon(
+        lambda: follow_session(source.source(), sink, after=0, until_idle=False, heartbeat=10)
+    )
+    await sink.wait_for(2)
+    # published after being stored and read: a duplicate of what the backlog sent
+    await source.publish(event(2))
+    source.store(event(3))
+    await source.publish(event(3), {"type": "text.delta", "data": {"text": "t"}})
+    await sink.wait_for(4)
+    assert sink.seqs == [1, 2, 3]
+    assert sink.messages[-1]["event"] == "text.delta"
+
+
+async def test_a_live_event_past_a_gap_fetches_the_missing_ones(
+    running: tuple[FakeSource, Sink, anyio.abc.TaskGroup],
+) -> None:
+    source, sink, group = running
+    source.store(event(1))
+    group.start_soon(
+        lambda: follow_session(source.source(), sink, after=0, until_idle=False, heartbeat=10)
+    )
+    await sink.wait_for(1)
+    source.store(event(2), event(3), event(4))
+    await source.publish(event(4))  # 2 and 3 were published elsewhere, or not yet
+    await sink.wait_for(4)
+    await source.publish(event(2), event(3))
+    source.store(event(5))
+    await source.publish(event(5))
+    await sink.wait_for(5)
+    assert sink.seqs == [1, 2, 3, 4, 5]
+
+
+async def test_an_overflowed_subscription_is_replaced_and_caught_up() -> None:
+    source, sink = FakeSource(buffer=2), Sink()
+    gate = anyio.Event()
+
+    async def slow(chunk: str) -> None:
+        await sink(chunk)
+        if len(sink.chunks) == 2:
+            await gate.wait()
+
+    async with anyio.create_task_group() as group:
+        source.store(event(1))
+        group.start_soon(
+            lambda: follow_session(source.source(), slow, after=0, until_idle=False, heartbeat=10)
+        )
+        await sink.wait_for(1)
+        for seq in range(2, 200):
+            source.store(event(seq))
+            await source.publish(event(seq))
+        gate.set()
+        await sink.wait_for(199)
+        group.cancel_scope.cancel()
+    assert sink.seqs == list(range(1, 200))
+    assert source.subscriptions >= 2
+
+
+async def test_until_idle_and_a_deleted_session_end_the_stream() -> None:
+    source, sink = FakeSource(), Sink()
+    source.store(event(1), event(2))
+    source.is_busy = False
+    with anyio.fail_after(5):
+        await follow_session(source.source(), sink, after=0, until_idle=True, heartbeat=10)
+    assert sink.seqs == [1, 2]
+
+    source.is_busy = None  # the session is gone: even an endless stream ends at a heartbeat
+    ended = Sink()
+    with anyio.fail_after(5):
+        await follow_session(source.source(), ended, after=1, until_idle=False, heartbeat=0.01)
+    assert ended.seqs == [2]
+    assert ended.messages[-1] == {"comment": "keep-alive"}
+
+
+async def test_heartbeats_also_catch_up_from_the_store(
+    running: tuple[FakeSource, Sink, anyio.abc.TaskGroup],
+) -> None:
+    source, sink, group = running
+    group.start_soon(
+        lambda: follow_session(source.source(), sink, after=0, until_idle=False, heartbeat=0.02)
+    )
+    source.store(event(1), event(2))  # stored by another process: never published here
+    await sink.wait_for(2)
+    assert sink.seqs == [1, 2]
