@@ -81,7 +81,12 @@ def test_api_conforms_to_its_openapi_document(server: str) -> None:
             @settings(
                 max_examples=EXAMPLES,
                 deadline=None,
-                suppress_health_check=list(HealthCheck.all()),
+                suppress_health_check=[
+                    HealthCheck.too_slow,
+                    HealthCheck.filter_too_much,
+                    HealthCheck.data_too_large,
+                    HealthCheck.large_base_example,
+                ],
                 derandomize=True,
                 database=None,
                 phases=[Phase.explicit, Phase.generate],

@@ -151,8 +151,11 @@ class _Run:
         self.tools = deps.tools.for_agent(agent)
         self.tool_specs = deps.tools.specs_for(agent)
         model = deps.models(agent.model)
+        fresh = True  # the events were just read
         while True:
-            await self._refresh()
+            if not fresh:
+                await self._refresh()
+            fresh = False
             mine = [e for e in self.events if e.task_id == self.task.id]
             responses = [e for e in mine if e.type == EventType.MODEL_RESPONSE]
             if responses and await self._resolve_calls(responses[-1], mine):
@@ -171,12 +174,18 @@ class _Run:
                     f"(the agent's max_steps is {agent.settings.max_steps})",
                 )
             await self._maybe_compact(model)
+            self.memory = await deps.memory(agent)
             request = self._input()
             input_seq = self.last_seq
             reply = await self._call_model(model, request)
-            response = {**reply.to_event_data(), "input_seq": input_seq}
-            await self._write([NewEvent(EventType.MODEL_RESPONSE, response, self.task.id)])
-            if not reply.tool_calls and await self._complete(reply, input_seq):
+            response = NewEvent(
+                EventType.MODEL_RESPONSE,
+                {**reply.to_event_data(), "input_seq": input_seq},
+                self.task.id,
+            )
+            if reply.tool_calls:
+                await self._write([response])
+            elif await self._complete(reply, input_seq, response):
                 raise _Stop
 
     def _input(self) -> ModelInput:
@@ -200,7 +209,6 @@ class _Run:
                 )
             )
         self._take(new)
-        self.memory = await self.deps.memory(self.agent)
 
     def _take(self, stored: Sequence[Event]) -> None:
         for event in stored:
@@ -218,20 +226,11 @@ class _Run:
             )
         gap = bool(stored) and stored[0].seq != self.last_seq + 1
         if gap:
-            await self._refresh_only()
+            await self._refresh()
         else:
             self._take(stored)
         await self._publish(stored)
         return stored
-
-    async def _refresh_only(self) -> None:
-        async with self.deps.store.read() as tx:
-            new = await tx.read_events(
-                ReadEvents(
-                    self.space_id, self.session_id, after_seq=self.last_seq, types=_READ_TYPES
-                )
-            )
-        self._take(new)
 
     async def _publish(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -492,9 +491,15 @@ class _Run:
 
     # -- endings -------------------------------------------------------------------------------
 
-    async def _complete(self, reply: ModelReply, input_seq: int) -> bool:
+    async def _complete(
+        self, reply: ModelReply, input_seq: int, response: NewEvent | None = None
+    ) -> bool:
         """Complete with ``reply``; ``False`` when a steer message arrived after the model
-        input was built (the model must see it first)."""
+        input was built (the model must see it first).
+
+        ``response``, the reply's ``model.response`` event when it is not stored yet, is
+        appended in the same transaction: a final step costs one commit.
+        """
         files = sorted(
             {
                 str(path)
@@ -504,9 +509,16 @@ class _Run:
             }
         )
         result = TaskResult(reply.text, files)
+        stored: list[Event] = []
+        completed = False
         with anyio.CancelScope(shield=True):
             async with self.deps.store.write() as tx:
-                await tx.lock_session(self.space_id, self.session_id, self.deps.clock.now())
+                now = self.deps.clock.now()
+                await tx.lock_session(self.space_id, self.session_id, now)
+                if response is not None:
+                    stored += await tx.append(
+                        self.space_id, self.session_id, [response], now, fence=self.fence
+                    )
                 steered = await tx.read_events(
                     ReadEvents(
                         self.space_id,
@@ -516,28 +528,30 @@ class _Run:
                         types=frozenset({EventType.MESSAGE}),
                     )
                 )
-                if any(e.data.get("role") == "user" for e in steered):
-                    return False
-                stored = await self._transition(
-                    tx,
-                    TaskStatus.COMPLETED,
-                    before=[
-                        NewEvent(
-                            EventType.MESSAGE,
-                            {
-                                "role": "assistant",
-                                "text": reply.text,
-                                "message_id": new_id("message"),
-                            },
-                            self.task.id,
-                        ),
-                        NewEvent(EventType.TASK_RESULT, result.to_json(), self.task.id),
-                    ],
-                    result=result,
-                    set_finished=True,
-                )
+                if not any(e.data.get("role") == "user" for e in steered):
+                    stored += await self._transition(
+                        tx,
+                        TaskStatus.COMPLETED,
+                        before=[
+                            NewEvent(
+                                EventType.MESSAGE,
+                                {
+                                    "role": "assistant",
+                                    "text": reply.text,
+                                    "message_id": new_id("message"),
+                                },
+                                self.task.id,
+                            ),
+                            NewEvent(EventType.TASK_RESULT, result.to_json(), self.task.id),
+                        ],
+                        result=result,
+                        set_finished=True,
+                    )
+                    completed = True
             await self._publish(stored)
-        return True
+        if not completed:
+            await self._refresh()
+        return completed
 
     async def _fail(self, code: str, message: str) -> NoReturn:
         with anyio.CancelScope(shield=True):
