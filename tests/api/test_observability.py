@@ -6,14 +6,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.api.conftest import Api
 
 from openbuda.api.logs import ContextFilter, JsonFormatter, TextFormatter, bind, configure_logging
+from openbuda.api.observe import tracer_provider_from
 from openbuda.domain.errors import ModelError
+from openbuda.settings import Settings
 from openbuda.testing import call, reply
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +184,36 @@ def test_log_formats() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_traces_are_exported_over_otlp_when_an_endpoint_is_set() -> None:
+    received: list[tuple[str, str, int]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            self.rfile.read(length)
+            received.append((self.path, self.headers.get("Content-Type", ""), length))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        assert tracer_provider_from(Settings(otel_exporter_otlp_endpoint=None)) is None
+        provider = tracer_provider_from(Settings(otel_exporter_otlp_endpoint=endpoint))
+        assert provider is not None
+        with provider.get_tracer("test").start_as_current_span("chat model"):
+            pass
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received and received[0][0] == "/v1/traces"
+    assert received[0][1] == "application/x-protobuf" and received[0][2] > 0

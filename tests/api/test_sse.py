@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import pytest
+from starlette.types import Message
 from tests.api.conftest import sse_messages
 
-from openbuda.api.sse import StreamSource, comment, follow_session, format_event
+from openbuda.api.sse import (
+    EventStreamResponse,
+    StreamSource,
+    comment,
+    follow_session,
+    format_event,
+)
 from openbuda.domain.records import Event
 from openbuda.engine.broadcaster import InProcessBroadcaster
 from openbuda.ports import Subscription
@@ -190,3 +197,46 @@ async def test_heartbeats_also_catch_up_from_the_store(
     source.store(event(1), event(2))  # stored by another process: never published here
     await sink.wait_for(2)
     assert sink.seqs == [1, 2]
+
+
+async def test_the_response_ends_cleanly_on_failure_and_stops_on_disconnect() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def never() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def failing(emit: Callable[[str], Awaitable[None]]) -> None:
+        await emit(": first\n\n")
+        raise RuntimeError("the store is gone")
+
+    scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    await EventStreamResponse(failing)(scope, never, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+    assert sent[1]["body"] == b": first\n\n"
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+    sent.clear()
+    stopped = anyio.Event()
+    left = anyio.Event()
+
+    async def endless(emit: Callable[[str], Awaitable[None]]) -> None:
+        try:
+            await emit(": hello\n\n")
+            left.set()
+            await anyio.sleep_forever()
+        finally:
+            stopped.set()
+
+    async def leaves() -> Message:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    with anyio.fail_after(5):
+        await EventStreamResponse(endless)(scope, leaves, send)
+    assert stopped.is_set()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]

@@ -86,8 +86,12 @@ def _text(limit: str, *, min_length: int = 0) -> Any:
 # Requests
 
 
-class RequestBody(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class RequestBody(_Strict):
+    """A whole request body: unknown fields, NUL characters and lone surrogates are a 422."""
 
     @model_validator(mode="before")
     @classmethod
@@ -125,7 +129,7 @@ class AgentUpdate(RequestBody):
     settings: AgentSettingsBody | None = None
 
 
-class HistoryItem(RequestBody):
+class HistoryItem(_Strict):  # checked with its body
     role: Literal["user", "assistant"]
     text: Annotated[str, _text("message_text")]
 

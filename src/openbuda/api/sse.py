@@ -17,6 +17,7 @@ goes away; stopping a stream never touches the session's tasks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,6 +38,8 @@ __all__ = [
     "follow_session",
     "format_event",
 ]
+
+log = logging.getLogger("openbuda.api")
 
 Emit = Callable[[str], Awaitable[None]]
 """Sends one chunk of the stream (raises when the client is gone)."""
@@ -233,6 +236,8 @@ class EventStreamResponse(StreamingResponse):
                 await self.produce(emit)
             except OSError:  # the client went away while we sent
                 gone = True
+            except Exception:  # end the stream; the client resumes with Last-Event-ID
+                log.exception("an event stream failed")
             if not gone:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             group.cancel_scope.cancel()
