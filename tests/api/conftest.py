@@ -157,9 +157,10 @@ async def make_api(
     home: Path,
     *,
     settings: Mapping[str, Any] | None = None,
+    model: ScriptedModel | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[Api]:
-    model = ScriptedModel(name="test:scripted")
+    model = model or ScriptedModel(name="test:scripted")
     record = RecordingTool()
     models: dict[str, ModelClient] = {"test:scripted": model}
     spans = InMemorySpanExporter()

@@ -9,16 +9,18 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.api.conftest import Api
+from tests.api.conftest import Api, make_api
 
 from openbuda.api.logs import ContextFilter, JsonFormatter, TextFormatter, bind, configure_logging
 from openbuda.api.observe import tracer_provider_from
 from openbuda.domain.errors import ModelError
+from openbuda.ports import Store
 from openbuda.settings import Settings
-from openbuda.testing import call, reply
+from openbuda.testing import ScriptedModel, call, reply
 
 pytestmark = pytest.mark.anyio
 
@@ -115,6 +117,20 @@ async def test_a_failing_model_call_is_an_error_span(api: Api) -> None:
     chat = next(span for span in api.spans.get_finished_spans() if span.name.startswith("chat"))
     assert chat.attributes is not None and chat.attributes["error.type"] == "model_error"
     assert chat.status.status_code.name == "ERROR"
+
+
+async def test_tasks_recovered_at_start_are_observed(store: Store, tmp_path: Path) -> None:
+    task_id = ""
+    async for api in make_api(store, tmp_path, run_engine=False):  # an API-only process
+        session = await api.session((await api.agent())["id"])
+        task_id = (await api.send(session["id"], "later"))["task_id"]
+        assert (await api.client.get(f"/v1/tasks/{task_id}")).json()["status"] == "queued"
+    model = ScriptedModel([reply("done at last")], name="test:scripted")
+    async for api in make_api(store, tmp_path, model=model):
+        assert (await api.wait_task(task_id))["status"] == "completed"
+        runs = [s for s in api.spans.get_finished_spans() if s.name.startswith("invoke_agent")]
+        assert len(runs) == 1 and runs[0].attributes is not None
+        assert runs[0].attributes["openbuda.task.id"] == task_id
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Final
 
+import anyio
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
@@ -95,17 +96,23 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
-        async with Runtime.start(
-            settings,
-            store=store,
-            clock=clock,
-            models=observer.models(models or resolve),
-            tools=None if tools is None else ToolRegistry(observer.tool(t) for t in tools),
-            memory=memory,
-            run_engine=run_engine,
-        ) as runtime:
-            runtime.organizer.runner = observer.runner(runtime.organizer.deps)
+        async with (
+            Runtime.start(
+                settings,
+                store=store,
+                clock=clock,
+                models=observer.models(models or resolve),
+                tools=None if tools is None else ToolRegistry(observer.tool(t) for t in tools),
+                memory=memory,
+                run_engine=False,  # started below, once its runs are observed
+            ) as runtime,
+            anyio.create_task_group() as engine,
+        ):
+            organizer = runtime.organizer
+            organizer.runner = observer.runner(organizer.deps)
             await bootstrap_instance(runtime, settings, announce)
+            if run_engine:
+                await engine.start(organizer.run)
             app.state.openbuda = ApiState(
                 settings=settings,
                 runtime=runtime,
@@ -122,8 +129,9 @@ def create_app(
                 yield
             finally:
                 app.state.openbuda = None
-                if own_provider and provider is not None:
-                    provider.shutdown()
+                engine.cancel_scope.cancel()  # the organizer re-queues what it still runs
+        if own_provider and provider is not None:
+            provider.shutdown()
 
     app = FastAPI(
         title="openbuda",
