@@ -7,6 +7,7 @@ sibling module (``python benchmarks/<name>.py`` puts this folder first on ``sys.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import secrets
@@ -20,8 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg  # pyright: ignore[reportMissingTypeStubs]
-from sqlalchemy import make_url
+from sqlalchemy import Executable, Row, create_engine, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from openbuda.domain.principal import Principal
 from openbuda.domain.records import Role
@@ -31,6 +34,8 @@ from openbuda.settings import Settings
 __all__ = [
     "POSTGRES_ENV",
     "Backend",
+    "LogTally",
+    "SideDatabase",
     "add_backend_arguments",
     "backends",
     "bench_settings",
@@ -105,6 +110,72 @@ async def _postgres_execute(server_url: str, statement: str) -> None:
         await connection.execute(statement)
     finally:
         await connection.close()
+
+
+class SideDatabase:
+    """A connection of the benchmark's own to the store's database, for seeding and counting;
+    nothing measured goes through it. SQLite: the ``sqlite3`` driver in a worker thread;
+    PostgreSQL: asyncpg."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        if self._sqlite:
+            self._sync = create_engine(
+                parsed.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 60}
+            )
+        else:
+            self._async = create_async_engine(parsed)
+
+    async def execute(
+        self, statement: Executable, parameters: list[dict[str, Any]] | None = None
+    ) -> list[Row[Any]]:
+        """Run ``statement`` in a transaction of its own; the rows it returned."""
+        if not self._sqlite:
+            async with self._async.begin() as connection:
+                result = await connection.execute(statement, parameters)
+                return list(result.all()) if result.returns_rows else []
+
+        def run() -> list[Row[Any]]:
+            with self._sync.begin() as connection:
+                result = connection.execute(statement, parameters)
+                return list(result.all()) if result.returns_rows else []
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def close(self) -> None:
+        if self._sqlite:
+            await anyio.to_thread.run_sync(self._sync.dispose)
+        else:
+            await self._async.dispose()
+
+
+class LogTally(logging.Handler):
+    """Counts what openbuda logs at WARNING and above instead of printing every traceback; a
+    report prints the count and the first message."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if self.first is None:
+            exc = record.exc_info[1] if record.exc_info else None
+            self.first = record.getMessage() + (f" ({type(exc).__name__}: {exc})" if exc else "")
+
+    def install(self) -> LogTally:
+        logger = logging.getLogger("openbuda")
+        logger.addHandler(self)
+        logger.propagate = False
+        return self
+
+    def take(self) -> str:
+        """``"none"`` or the count and first message since the last call; resets."""
+        text = "none" if not self.count else f"{self.count} (first: {self.first})"
+        self.count, self.first = 0, None
+        return text
 
 
 def bench_settings(home: Path, **overrides: Any) -> Settings:

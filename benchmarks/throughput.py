@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -40,6 +41,8 @@ from typing import Any
 import anyio
 from _common import (
     Backend,
+    LogTally,
+    SideDatabase,
     add_backend_arguments,
     backends,
     bench_settings,
@@ -52,7 +55,6 @@ from _common import (
     title,
 )
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from openbuda.domain.conversation import ModelInput, ModelReply, ToolResultTurn, ToolSpec, UserTurn
 from openbuda.domain.events import EventType
@@ -230,29 +232,27 @@ class TaskCounter:
     """Counts an agent's finished tasks from a connection of its own (polling the table)."""
 
     def __init__(self, url: str) -> None:
-        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
-        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args)
+        self.database = SideDatabase(url)
 
     async def finished(self, agent_id: str) -> tuple[int, int]:
         """(finished tasks, of which completed)."""
-        statement = select(func.count(), func.count().filter(tasks.c.status == "completed")).where(
-            tasks.c.agent_id == agent_id, tasks.c.status.in_(TERMINAL_VALUES)
-        )
-        async with self.engine.connect() as connection:
-            row = (await connection.execute(statement)).one()
-        return int(row[0]), int(row[1])
+        statement = select(
+            func.count().label("finished"),
+            func.count().filter(tasks.c.status == "completed").label("completed"),
+        ).where(tasks.c.agent_id == agent_id, tasks.c.status.in_(TERMINAL_VALUES))
+        row = (await self.database.execute(statement))[0]
+        return int(row.finished), int(row.completed)
 
     async def latencies(self, agent_id: str) -> list[float]:
         """Seconds from each task's creation to its end (the stored times)."""
         statement = select(tasks.c.created_at, tasks.c.finished_at).where(
             tasks.c.agent_id == agent_id, tasks.c.finished_at.is_not(None)
         )
-        async with self.engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
-        return [(row[1] - row[0]).total_seconds() for row in rows]
+        rows = await self.database.execute(statement)
+        return [(row.finished_at - row.created_at).total_seconds() for row in rows]
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.database.close()
 
 
 @dataclass(slots=True)
@@ -268,7 +268,7 @@ class Burst:
     cpu: float = 0.0
     rss_growth: int = 0
     traced_peak: int = 0
-    traced_after: int = 0
+    kept_per_session: float = 0.0
     kept_sessions: int = 0
 
     @property
@@ -363,9 +363,9 @@ async def burst_prequeued(
     """The messages are stored first (engine stopped); then the engine starts and runs them all.
 
     Under tracemalloc it runs ``traced_rounds`` times: the peak above each round's baseline,
-    divided by the tasks running at once, is the memory of an active session; what is allocated
-    after the last round minus after the first, per session of the later rounds, is what
-    finished sessions keep (it would grow with them).
+    divided by the tasks running at once, is the memory of an active session; the growth of
+    what stays allocated after each round (a regression slope over the rounds after the first,
+    which warms caches), per session, is what finished sessions keep.
     """
     traced = traced_rounds > 0
     burst = Burst(label, sessions)
@@ -398,8 +398,11 @@ async def burst_prequeued(
             retained.append(tracemalloc.get_traced_memory()[0])
     if traced:
         tracemalloc.stop()
-        burst.traced_after = retained[-1] - retained[0]
-        burst.kept_sessions = sessions * (len(retained) - 1)
+        # the first round warms caches; the slope over the later ones is what sessions keep
+        later = retained[1:] if len(retained) > 2 else retained
+        slope = statistics.linear_regression(range(len(later)), later).slope
+        burst.kept_per_session = slope / sessions
+        burst.kept_sessions = sessions * (len(later) - 1)
     return burst
 
 
@@ -434,7 +437,7 @@ async def make_agent(
     return agent.id
 
 
-async def run_backend(backend: Backend, plan: Plan, workdir: Path) -> None:
+async def run_backend(backend: Backend, plan: Plan, workdir: Path, tally: LogTally) -> None:
     title(f"{backend.name}: {backend.url.split('://')[0]}")
     raised = {"max_concurrent_tasks": 1_000, "max_tasks_per_space": 1_000}
     counter = TaskCounter(backend.url)
@@ -497,7 +500,7 @@ async def run_backend(backend: Backend, plan: Plan, workdir: Path) -> None:
             )
             print(
                 "targets: none in BENCHMARKS.md for this; peers spend 5–19 ms of CPU per turn "
-                "in their own framework code."
+                f"in their own framework code.\nengine warnings and errors: {tally.take()}"
             )
 
             # 2. 1,000 sessions, one turn each, 200 ms model, messages sent at once
@@ -556,6 +559,7 @@ async def run_backend(backend: Backend, plan: Plan, workdir: Path) -> None:
                     )
                 )
         report_bursts(backend, bursts)
+        print(f"engine warnings and errors: {tally.take()}")
     finally:
         await counter.close()
         await store.close()
@@ -602,7 +606,7 @@ def report_bursts(backend: Backend, bursts: Sequence[Burst]) -> None:
     for burst in bursts:
         if burst.traced_peak:
             per_active = burst.traced_peak / max(burst.peak_running, 1)
-            per_after = burst.traced_after / max(burst.kept_sessions, 1)
+            per_after = burst.kept_per_session
             noise = NOISE_BYTES / max(burst.kept_sessions, 1)
             if noise > 100:
                 verdict = f"too few sessions to tell (noise ±{noise:,.0f} B per session)"
@@ -615,11 +619,11 @@ def report_bursts(backend: Backend, bursts: Sequence[Burst]) -> None:
                 f"{per_active / 1024:,.1f} KB per session ({burst.traced_peak / 1024:,.0f} KB / "
                 f"{burst.peak_running}) → target ≤ 30 KB: "
                 f"{'met' if per_active <= 30 * 1024 else 'NOT met'}\n"
-                f"memory kept by finished sessions (allocated after the last of "
-                f"{burst.kept_sessions // burst.sessions + 1} bursts of {burst.sessions:,} minus "
-                f"after the first): {burst.traced_after / 1024:,.1f} KB = {per_after:,.0f} B per "
-                f"session → target 0 when dormant: {verdict} (under 100 B counts as 0: driver "
-                "cursor lists and pool bookkeeping swing by about ±100 KB between bursts)"
+                f"memory kept by finished sessions (growth of what stays allocated, over "
+                f"{burst.kept_sessions:,} more sessions in bursts of {burst.sessions:,}): "
+                f"{per_after:,.0f} B per session → target 0 when dormant: {verdict} (under "
+                "100 B counts as 0: driver cursor lists and pool bookkeeping swing by about "
+                "±100 KB between bursts)"
             )
         elif burst.label.startswith("queued"):
             print(
@@ -654,16 +658,17 @@ async def main(args: argparse.Namespace) -> None:
             sessions=1_000,
             default_limits=True,
             untraced_queued=True,
-            traced_rounds=3,
+            traced_rounds=4,
         )
     )
     if args.sessions:
         plan = replace(plan, sessions=args.sessions)
     print(f"openbuda throughput · {machine_line()}")
+    tally = LogTally().install()
     with tempfile.TemporaryDirectory(prefix="openbuda-bench-") as workdir:
         async with backends(args, Path(workdir)) as found:
             for backend in found:
-                await run_backend(backend, plan, Path(workdir))
+                await run_backend(backend, plan, Path(workdir), tally)
 
 
 def parse_args() -> argparse.Namespace:

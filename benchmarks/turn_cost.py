@@ -58,6 +58,8 @@ import anyio
 import asyncpg  # pyright: ignore[reportMissingTypeStubs]
 from _common import (
     Backend,
+    LogTally,
+    SideDatabase,
     add_backend_arguments,
     backends,
     bench_settings,
@@ -72,7 +74,6 @@ from _common import (
     title,
 )
 from sqlalchemy import Engine, event, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from openbuda.domain.conversation import ModelInput
 from openbuda.domain.events import CONVERSATION_TYPES, EventType, NewEvent
@@ -180,16 +181,14 @@ class Seeder:
     only: nothing measured goes through it."""
 
     def __init__(self, url: str) -> None:
-        connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
-        self.engine = create_async_engine(url, connect_args=connect_args)
+        self.database = SideDatabase(url)
 
     async def insert_tasks(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            async with self.engine.begin() as connection:
-                await connection.execute(tasks.insert(), rows)
+            await self.database.execute(tasks.insert(), rows)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.database.close()
 
 
 @dataclass(slots=True)
@@ -875,10 +874,12 @@ async def main(args: argparse.Namespace) -> None:
         "Median of n turns after warm-up; cpu = CPU time\nof this process (all its threads; "
         "not the PostgreSQL server's). Model: zero-latency FunctionModel."
     )
+    tally = LogTally().install()
     with tempfile.TemporaryDirectory(prefix="openbuda-bench-") as workdir:
         async with backends(args, Path(workdir)) as found:
             for backend in found:
                 await run_backend(backend, plan, SIZES, args.poll_seconds)
+                print(f"engine warnings and errors: {tally.take()}")
 
 
 def parse_args() -> argparse.Namespace:

@@ -214,8 +214,12 @@ def test_chat_json_prints_events_as_json_lines(server: LiveServer) -> None:
     result = ok(run(server, "chat", "--agent", "helper", "-m", "hi", "--json"))
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["type"] == "task.status" and events[-1]["data"]["status"] == "completed"
-    text = "".join(e["data"]["text"] for e in events if e["type"] == "text.delta")
-    assert text == "Hello in JSON."
+    [answer] = [e for e in events if e["type"] == "message" and e["data"]["role"] == "assistant"]
+    assert answer["data"]["text"] == "Hello in JSON."
+    # text deltas are ephemeral: a stream opened after a fast task started may miss some,
+    # but what it shows is the start of the stored text
+    streamed = "".join(e["data"]["text"] for e in events if e["type"] == "text.delta")
+    assert "Hello in JSON.".endswith(streamed)
 
 
 def test_a_question_nobody_answers_the_inbox_then_answer(server: LiveServer) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "Api",
     "ApiState",
     "Auth",
+    "IdempotencyKey",
     "api_state",
     "current_principal",
     "current_secret",
@@ -122,5 +123,5 @@ async def respond(
         return await answer()
     body = await request.body()
     owner = principal.key_id or principal.member_id
-    print_ = fingerprint(request.method, request.url.path, body)
-    return await api.idempotency.run(owner, key, print_, answer)
+    request_print = fingerprint(request.method, request.url.path, body)
+    return await api.idempotency.run(owner, key, request_print, answer)

@@ -93,7 +93,10 @@ def serve(
     try:
         from openbuda.api.server import serve as run_server
     except ImportError as missing:  # pragma: no cover - depends on the installation
-        errors.print(f"[red]the server needs {missing.name!r}[/]: pip install 'openbuda[server]'")
+        errors.print(
+            f"[red]the server needs the package {missing.name!r}[/]: reinstall openbuda with "
+            "its dependencies"
+        )
         raise typer.Exit(1) from None
 
     from openbuda.domain.errors import OpenbudaError
@@ -124,7 +127,7 @@ def demo(
     database_url: DatabaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON lines.")] = False,
 ) -> None:
-    """Chat with an agent through the library, in this process (until `openbuda serve`).
+    """Chat with an agent in this process, through the library (no server needed).
 
     With no provider configured this uses the small bundled offline model (extra `local`).
     The agent may ask you a question; you answer at the prompt (or with --answer).
