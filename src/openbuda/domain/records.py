@@ -166,7 +166,7 @@ class Question:
             "kind": self.kind.value,
             "prompt": self.prompt,
             "call_id": self.call_id,
-            "asked_at": self.asked_at.isoformat(),
+            "asked_at": self.asked_at.isoformat().replace("+00:00", "Z"),
         }
         if self.options is not None:
             data["options"] = list(self.options)
