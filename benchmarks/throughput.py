@@ -438,10 +438,10 @@ async def make_agent(
 
 
 async def run_backend(backend: Backend, plan: Plan, workdir: Path, tally: LogTally) -> None:
-    title(f"{backend.name}: {backend.url.split('://')[0]}")
     raised = {"max_concurrent_tasks": 1_000, "max_tasks_per_space": 1_000}
     counter = TaskCounter(backend.url)
     store = open_store(backend.url)
+    title(f"{backend.name}: {type(store).__name__}")
     try:
         home = workdir / f"home-{backend.name}"
         # 1. tasks per second, limits raised so that they are not what is measured

@@ -825,9 +825,9 @@ def report_bytes(backend: Backend, report: BytesReport) -> None:
 
 
 async def run_backend(backend: Backend, plan: Plan, sizes: Sequence[int], poll: float) -> None:
-    title(f"{backend.name}: {backend.url.split('://')[0]}")
     with tempfile.TemporaryDirectory(prefix="openbuda-bench-home-") as home:
         store = open_store(backend.url)
+        title(f"{backend.name}: {type(store).__name__}")
         try:
             replies = ReplyMaker()
             model = FunctionModel(replies, name="test:bench")

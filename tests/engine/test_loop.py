@@ -11,6 +11,7 @@ from openbuda.domain.errors import (
     ModelError,
     QuestionPending,
     SessionBusy,
+    Unavailable,
     ValidationFailed,
 )
 from openbuda.domain.records import QuestionKind
@@ -387,3 +388,20 @@ async def test_cancel_queued_running_and_waiting_tasks(harness: Harness) -> None
         await harness.runtime.tasks.cancel(harness.principal, waiting.task_id)
     session_now = await harness.runtime.sessions.get(harness.principal, session.id)
     assert session_now.status is SessionStatus.IDLE
+
+
+async def test_a_store_outage_during_a_run_requeues_the_task_instead_of_failing_it(
+    harness: Harness,
+) -> None:
+    # Unavailable is what the stores raise when the database is locked or its pool exhausted
+    harness.model.add(Unavailable("no database connection was free in time"), reply("ok"))
+    agent = await harness.agent()
+    session = await harness.runtime.sessions.create(harness.principal, agent.id)
+    accepted = await harness.runtime.sessions.send(harness.principal, session.id, "go")
+    task = await harness.wait_task(accepted.task_id)
+    assert task.status is TaskStatus.COMPLETED
+    statuses = [
+        e.data for e in await harness.events(session.id, task.id) if e.type == "task.status"
+    ]
+    assert {"status": "queued", "reason": "lease_expired"} in statuses
+    assert task.error is None

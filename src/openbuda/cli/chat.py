@@ -249,7 +249,10 @@ def _send(
                     highlight=False,
                 )
             return
-        follower = Follower(client, session.id, console, cursor=cursor)
+        # with --json, stdout carries only the task's JSON: the question goes to stderr
+        follower = Follower(
+            client, session.id, console, cursor=cursor, prompts=errors if as_json else None
+        )
         view = None if as_json else TaskView(console)
         task = follower.follow(accepted.task_id, view)
     if as_json:

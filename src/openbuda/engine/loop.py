@@ -126,6 +126,8 @@ class _Run:
         self.through_seq = 0
         self.task_start_seq: int | None = None
         self.memory: str | None = None
+        self.tokens = 0
+        """Token estimate of ``events``, kept up to date as events arrive."""
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class _Run:
         self.agent: Agent = agent
         self.session: Session = session
         self.last_seq = self.events[-1].seq if self.events else self.through_seq
+        self.tokens = sum(estimate_tokens(e) for e in self.events)
         self.task_start_seq = next((e.seq for e in self.events if e.task_id == self.task.id), None)
         self.tools = deps.tools.for_agent(agent)
         self.tool_specs = deps.tools.specs_for(agent)
@@ -215,6 +218,7 @@ class _Run:
             if event.seq > self.last_seq:
                 if event.type in _READ_TYPES:
                     self.events.append(event)
+                    self.tokens += estimate_tokens(event)
                 self.last_seq = event.seq
 
     async def _write(self, events: list[NewEvent]) -> list[Event]:
@@ -453,8 +457,7 @@ class _Run:
 
     async def _maybe_compact(self, model: ModelClient) -> None:
         budget = self.agent.settings.context_token_budget
-        total = sum(estimate_tokens(e) for e in self.events)
-        if total <= budget or self.task_start_seq is None:
+        if self.tokens <= budget or self.task_start_seq is None:
             return
         boundary = choose_compaction_boundary(
             self.events, keep_tokens=budget // 2, not_after_seq=self.task_start_seq
@@ -486,6 +489,7 @@ class _Run:
                 fence=self.fence,
             )
         self.summary, self.through_seq, self.events = projection.summary, through, kept
+        self.tokens = projection.tokens_after
         self._take(stored)
         await self._publish(stored)
 

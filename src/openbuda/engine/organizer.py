@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.abc import TaskStatus as AnyioTaskStatus
 
+from openbuda.domain.errors import Unavailable
 from openbuda.domain.ids import new_id
 from openbuda.domain.records import Event, Task, TaskError
 from openbuda.domain.states import TaskStatus
@@ -196,6 +197,17 @@ class Organizer:
         try:
             with scope:
                 await self.runner.run(task)
+        except Unavailable as error:
+            # the store is overloaded or briefly gone: not the task's fault. Give it back to
+            # the queue now if we can; otherwise its lease expires and the reaper does.
+            log.warning("task %s: store unavailable (%s); re-queueing it", task.id, error.message)
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with self.deps.store.write() as tx:
+                        events = await self._requeue_one(tx, task)
+                    await self._publish(events)
+                except Exception:
+                    log.exception("could not re-queue task %s; its lease will expire", task.id)
         except Exception as error:
             log.exception("task %s crashed the engine", task.id)
             await self._fail_internal(task, error)

@@ -26,6 +26,7 @@ import anyio
 from sqlalchemy import Connection, Engine, Executable, Row
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from openbuda.domain.errors import Unavailable
@@ -115,7 +116,12 @@ async def async_transaction(engine: AsyncEngine) -> AsyncGenerator[StatementRunn
 
 async def _begin(engine: AsyncEngine) -> tuple[AsyncConnection, AsyncTransaction]:
     with anyio.CancelScope(shield=True):
-        connection = await engine.connect()
+        try:
+            connection = await engine.connect()
+        except SATimeoutError as error:
+            raise Unavailable(
+                "no database connection was free in time; the pool is exhausted"
+            ) from error
         try:
             transaction = await connection.begin()
         except BaseException:
