@@ -19,6 +19,7 @@ from openbuda.cli._common import (
     console,
     details,
     each,
+    errors,
     handle_errors,
     listing,
     print_json,
@@ -207,7 +208,7 @@ def answer(
         elif given is not None:
             reply = reply_from(question, given)
         else:
-            asked = ask(question, [], sys.stdin.isatty(), console)
+            asked = ask(question, [], sys.stdin.isatty(), errors if as_json else console)
             if asked is None:
                 raise InvalidRequest(
                     f"give the answer: openbuda answer {task_id} {answer_hint(question)}"
