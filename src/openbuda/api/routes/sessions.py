@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -25,8 +26,9 @@ from openbuda.api.schemas import (
     message_json,
     session_json,
 )
+from openbuda.domain.records import Event
 from openbuda.domain.states import SessionStatus
-from openbuda.service.sessions import HistoryMessage
+from openbuda.service.sessions import HistoryMessage, MessageItem
 
 __all__ = ["router"]
 
@@ -173,15 +175,11 @@ async def list_messages(
 ) -> JsonResponse:
     sessions = api.runtime.sessions
     session_id = path_id("session", session_id)
-    after = seq_cursor(cursor, after)
-    items = await sessions.messages(principal, session_id, after_seq=after, limit=limit)
-    next_cursor = None
-    if len(items) == limit:
-        more = await sessions.messages(principal, session_id, after_seq=items[-1].seq, limit=1)
-        next_cursor = str(items[-1].seq) if more else None
-    return JsonResponse(
-        {"items": [message_json(item) for item in items], "next_cursor": next_cursor}
-    )
+
+    async def fetch(after_seq: int, count: int) -> Sequence[MessageItem]:
+        return await sessions.messages(principal, session_id, after_seq=after_seq, limit=count)
+
+    return await _seq_page(fetch, seq_cursor(cursor, after), limit, message_json)
 
 
 @router.get(
@@ -199,12 +197,30 @@ async def list_events(
 ) -> JsonResponse:
     sessions = api.runtime.sessions
     session_id = path_id("session", session_id)
-    after = seq_cursor(cursor, after)
-    events = await sessions.events(principal, session_id, after_seq=after, limit=limit)
+
+    async def fetch(after_seq: int, count: int) -> Sequence[Event]:
+        return await sessions.events(principal, session_id, after_seq=after_seq, limit=count)
+
+    return await _seq_page(fetch, seq_cursor(cursor, after), limit, event_json)
+
+
+class _Sequenced(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Sequenced)
+
+
+async def _seq_page(
+    fetch: Callable[[int, int], Awaitable[Sequence[_T]]],
+    after: int,
+    limit: int,
+    to_json: Callable[[_T], dict[str, Any]],
+) -> JsonResponse:
+    """One page of items ordered by ``seq``; the cursor is the last ``seq`` when more follow."""
+    items = await fetch(after, limit)
     next_cursor = None
-    if len(events) == limit:
-        more = await sessions.events(principal, session_id, after_seq=events[-1].seq, limit=1)
-        next_cursor = str(events[-1].seq) if more else None
-    return JsonResponse(
-        {"items": [event_json(event) for event in events], "next_cursor": next_cursor}
-    )
+    if len(items) == limit and await fetch(items[-1].seq, 1):
+        next_cursor = str(items[-1].seq)
+    return JsonResponse({"items": [to_json(item) for item in items], "next_cursor": next_cursor})
