@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.api.conftest import Api, make_api
@@ -80,6 +81,10 @@ async def test_traces_follow_the_genai_conventions(api: Api) -> None:
     api.model.add(call("record", text="x"), reply("done", input_tokens=7, output_tokens=2))
     accepted = await api.send(session["id"], "go")
     await api.wait_task(accepted["task_id"])
+    # the run's span ends just after the task's last write, which wait_task sees first
+    with anyio.fail_after(5):
+        while not any(s.name.startswith("invoke_agent ") for s in api.spans.get_finished_spans()):
+            await anyio.sleep(0.01)
     spans = api.spans.get_finished_spans()
     by_name = {span.name: span for span in spans}
     run = next(span for span in spans if span.name.startswith("invoke_agent "))
