@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -28,6 +29,10 @@ def test_tokens_count_only_conversation_events() -> None:
     assert token_estimate("task.status", "x" * 400) == 0
 
 
+def _raw(value: list[str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
 def test_cursors_round_trip() -> None:
     moment = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
     cursor = encode_cursor("ses", moment, "ses_1")
@@ -45,6 +50,10 @@ def test_cursors_round_trip() -> None:
         "WyJzZXMiLDEsImlkIl0",  # a number for the time
         "eyJzZXMiOjF9",  # an object
         "/w",  # not UTF-8
+        _raw(["ses", "2025-01-01T00:00:00+00:00", "ses_\x00"]),  # a NUL in the id
+        _raw(["ses", "0001-01-01T00:00:00+01:00", "ses_1"]),  # before year 1 in UTC
+        _raw(["ses", "9999-12-31T23:59:59-01:00", "ses_1"]),  # after year 9999 in UTC
+        _raw(["ses", "1900-01-01T00:00:00+00:00", "ses_1"]),  # before any stored time
     ],
 )
 def test_bad_cursors_are_invalid_requests(cursor: str) -> None:

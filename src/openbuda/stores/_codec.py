@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from openbuda.domain.errors import InvalidRequest
@@ -93,10 +93,15 @@ def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
         moment_text, object_id = value[1], value[2]
         if not (isinstance(moment_text, str) and isinstance(object_id, str)):
             raise ValueError("wrong types")
+        if "\x00" in object_id or len(object_id) > 200:
+            raise ValueError("not an id")
         moment = datetime.fromisoformat(moment_text)
         if moment.tzinfo is None:
             raise ValueError("naive time")
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        moment = moment.astimezone(UTC)
+        if not 1970 <= moment.year <= 9998:
+            raise ValueError("time out of range")
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"invalid cursor {cursor!r}", details={"cursor": cursor}) from exc
     return moment, object_id
 
