@@ -12,9 +12,9 @@ from typing import Annotated
 
 import anyio
 import typer
-from rich.console import Console
 
 from openbuda import __version__
+from openbuda.cli._common import console, errors
 from openbuda.settings import Settings
 
 __all__ = ["app", "main"]
@@ -25,8 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-errors = Console(stderr=True)
 
 HomeOption = Annotated[
     Path | None,

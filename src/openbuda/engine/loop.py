@@ -223,13 +223,11 @@ class _Run:
 
     async def _write(self, events: list[NewEvent]) -> list[Event]:
         """Append events fenced by our lease, then publish them."""
-        gap = False
         async with self.deps.store.write() as tx:
             stored = await tx.append(
                 self.space_id, self.session_id, events, self.deps.clock.now(), fence=self.fence
             )
-        gap = bool(stored) and stored[0].seq != self.last_seq + 1
-        if gap:
+        if stored and stored[0].seq != self.last_seq + 1:  # others appended in between
             await self._refresh()
         else:
             self._take(stored)
