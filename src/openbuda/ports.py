@@ -22,16 +22,17 @@ Every protocol has one conformance suite in ``tests/conformance`` that every ada
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from openbuda.domain.conversation import ModelInput, ModelReply
 from openbuda.domain.events import NewEvent
 from openbuda.domain.records import (
     Agent,
+    AgentLimits,
     AgentSettings,
     ApiKey,
     Event,
@@ -54,9 +55,13 @@ __all__ = [
     "ContextProjection",
     "EventReader",
     "EventWriter",
+    "ExecRequest",
+    "ExecResult",
     "Fence",
+    "FileEntry",
     "KeyReader",
     "KeyWriter",
+    "LimitName",
     "ListSessions",
     "ListTasks",
     "ModelClient",
@@ -64,9 +69,20 @@ __all__ = [
     "NewApiKey",
     "NewSession",
     "NewTask",
+    "OutputCallback",
+    "OutputStream",
     "Page",
+    "PortStream",
     "ReadEvents",
     "ReadTx",
+    "Sandbox",
+    "SandboxBackend",
+    "SandboxCapabilities",
+    "SandboxFiles",
+    "SandboxSpec",
+    "SandboxState",
+    "SandboxStatus",
+    "SandboxView",
     "SessionWriter",
     "Store",
     "StoreCapabilities",
@@ -441,3 +457,169 @@ class Clock(Protocol):
         ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Sandbox (the agent's computer, ARCHITECTURE §6)
+
+
+SandboxState = Literal["running", "sleeping", "stopped"]
+LimitName = Literal["memory", "pids", "cpu", "file_size", "open_files", "tmp", "disk", "timeout"]
+OutputStream = Literal["stdout", "stderr"]
+OutputCallback = Callable[[OutputStream, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """What an agent's computer is made of; a changed spec applies at the next (re)start."""
+
+    space_id: str
+    agent_id: str
+    limits: AgentLimits = field(default_factory=AgentLimits)
+    network: Literal["none", "internet"] = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxView:
+    """Whose eyes a command or file access uses inside the computer.
+
+    ``session_id`` selects the session's own ``/session`` (and its own process and mount
+    namespace); ``None`` is the members' console, which has no ``/session``. With
+    ``shared_writable`` false ``/agent`` and ``/space`` are read-only (external users' sessions).
+    """
+
+    session_id: str | None = None
+    shared_writable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    command: str
+    """Run by ``bash -c`` inside the computer."""
+    view: SandboxView = field(default_factory=SandboxView)
+    cwd: str | None = None
+    """A sandbox path; default ``/agent``."""
+    timeout_s: float | None = None
+    """Default: the agent's ``limits.exec_timeout_s``."""
+    env: Mapping[str, str] = field(default_factory=dict[str, str])
+    capture_bytes: int = 1024 * 1024
+    """At most this many bytes of each stream are kept in the result (all reach ``on_output``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    """The exit status; ``128 + N`` when a signal N ended the command (137: killed)."""
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    duration_ms: int = 0
+    limit: LimitName | None = None
+    """The limit that ended the command, if one did."""
+    stdout_bytes: int = 0
+    """Total bytes written to stdout (``stdout`` holds at most ``capture_bytes`` of them)."""
+    stderr_bytes: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.stdout_bytes > len(self.stdout.encode()) or self.stderr_bytes > len(
+            self.stderr.encode()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    """The sandbox path (``/agent/notes.md``)."""
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+    modified_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxStatus:
+    state: SandboxState
+    cpu_percent: float = 0.0
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    file_count: int = 0
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxCapabilities:
+    isolated: bool
+    """Namespaces, seccomp and a separate host uid (bubblewrap); ``False`` for ``process``."""
+    freeze: bool
+    """Sleep keeps processes frozen (a cgroup freezer); otherwise sleep stops them."""
+    internet: bool
+    """``network: internet`` is available."""
+    disk_quota: bool
+    """``/agent`` is a filesystem of its own size (else usage is checked after each command)."""
+
+
+class SandboxFiles(Protocol):
+    """Host-side file access inside one view; paths are sandbox paths.
+
+    A relative path is under ``/agent``; an absolute one must lie in ``/agent``, ``/space``,
+    ``/session`` or ``/tmp`` (``InvalidPath`` otherwise). Nothing follows a symlink out of its
+    root: every access resolves beneath it without following links.
+    """
+
+    async def read(self, path: str, max_bytes: int | None = None) -> bytes: ...
+    async def write(self, path: str, data: bytes) -> FileEntry:
+        """Create or replace the file, creating missing parent directories."""
+        ...
+
+    async def list(self, path: str = "/agent") -> list[FileEntry]: ...
+    async def stat(self, path: str) -> FileEntry | None: ...
+    async def remove(self, path: str) -> bool: ...
+
+
+class PortStream(Protocol):
+    """A byte stream to a TCP port inside the computer (HTTP previews)."""
+
+    async def send(self, data: bytes) -> None: ...
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Bytes from the port; ``b""`` once it closed."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Sandbox(Protocol):
+    """One agent's computer. Every call wakes a sleeping computer first (but ``status``)."""
+
+    @property
+    def spec(self) -> SandboxSpec: ...
+    async def exec(
+        self, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> ExecResult: ...
+    def files(self, view: SandboxView) -> SandboxFiles: ...
+    async def connect_port(self, port: int) -> PortStream:
+        """``Unavailable`` when nothing listens on ``port``."""
+        ...
+
+    async def status(self) -> SandboxStatus: ...
+    async def sleep(self) -> None: ...
+    async def wake(self) -> None: ...
+    async def restart(self) -> None:
+        """Kill every process and clear ``/tmp``; files in ``/agent`` stay."""
+        ...
+
+    async def destroy(self) -> None:
+        """Stop the computer and remove what only it used (``/agent`` files stay)."""
+        ...
+
+
+class SandboxBackend(Protocol):
+    """Creates computers. ``connect`` starts one or attaches to one already running."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def capabilities(self) -> SandboxCapabilities: ...
+    async def connect(self, spec: SandboxSpec) -> Sandbox: ...
+    async def aclose(self) -> None:
+        """Stop every computer this backend started in this process."""
+        ...

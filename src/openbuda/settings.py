@@ -6,6 +6,7 @@ Nothing else in openbuda reads the environment: the CLI builds ``Settings`` and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,22 @@ class Settings(BaseSettings):
     block_real_models: bool = False
     """Tests set this: any non-test model fails instead of calling a provider."""
 
+    # -- computers (ARCHITECTURE §6) -----------------------------------------------------------
+    computer_backend: Literal["auto", "bwrap", "process"] = "auto"
+    """``bwrap`` isolates each agent's computer with bubblewrap; ``process`` runs commands as
+    plain host processes (development only, refused for external users' sessions); ``auto``
+    takes ``bwrap`` when it is installed and works, else ``process`` with a loud warning."""
+    computer_dir: Path | None = None
+    """Where computers keep their files; default ``$OPENBUDA_HOME/computers``."""
+    computer_uid_base: int = Field(default=200_000, ge=1000)
+    """A server running as root runs each agent's sandbox as its own host uid, from this base."""
+    computer_uid_count: int = Field(default=100_000, ge=1)
+    computer_disk_quota: Literal["auto", "loop", "check"] = "auto"
+    """``loop``: ``/agent`` is a loop-mounted ext4 image of ``limits.disk_mb`` (needs root);
+    ``check``: usage is measured after each command; ``auto``: ``loop`` when root."""
+    computer_sleep_check_seconds: float = Field(default=30.0, gt=0)
+    """How often idle computers are looked for to put to sleep."""
+
     # -- the HTTP server (``openbuda serve``) ------------------------------------------------
     host: str = "127.0.0.1"
     """Interface ``openbuda serve`` listens on (``0.0.0.0`` for every interface)."""
@@ -85,6 +102,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     """The API key of the SDK and CLI (``OPENBUDA_API_KEY``); default: the ``api_key`` of
     ``$OPENBUDA_HOME/credentials.json``."""
+
+    def resolved_computer_dir(self) -> Path:
+        return self.computer_dir or self.home / "computers"
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite+aiosqlite:///{self.home / 'openbuda.db'}"

@@ -1,0 +1,265 @@
+"""Host-side file access beneath a root directory that never follows a symbolic link.
+
+The files of a computer belong to its agent, who can put a symlink, a FIFO or a hard link
+anywhere in them. The host therefore never joins a user path onto a directory and opens it:
+it walks from the root's descriptor one name at a time with ``O_NOFOLLOW`` (a symlink, even one
+pointing inside, is refused), opens only regular files, non-blocking (a FIFO cannot stall it),
+and replaces files by writing a new one and renaming it over the old (a hard link to some other
+file is never written through).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from openbuda.domain.errors import InvalidPath, NotFound, TooLarge
+
+__all__ = ["HostRoot", "Owner"]
+
+Owner = tuple[int, int]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TMP_PREFIX = ".openbuda-write-"
+
+
+def _kind(mode: int) -> Literal["file", "dir", "symlink", "other"]:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, UTC)
+
+
+class HostRoot:
+    """One directory tree (a computer's ``/agent``, ``/space``, ``/session`` or ``/tmp``).
+
+    ``display`` is the sandbox path of the root, used in messages (``/agent``). ``owner`` is the
+    host uid and gid that new files and directories get (the agent's sandbox user).
+    """
+
+    def __init__(self, root: Path, display: str, *, owner: Owner | None = None) -> None:
+        self.root = root
+        self.display = display
+        self.owner = owner
+
+    # -- walking ----------------------------------------------------------------------------
+
+    def _shown(self, parts: Sequence[str]) -> str:
+        return "/".join((self.display, *parts))
+
+    @contextmanager
+    def _directory(self, parts: Sequence[str], *, create: bool = False) -> Generator[int]:
+        """A descriptor of the directory ``parts`` below the root, walked without following."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"{self.display!r} does not exist") from None
+        try:
+            for index, name in enumerate(parts):
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise NotFound(
+                            f"{self._shown(parts[: index + 1])!r} does not exist"
+                        ) from None
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        self._chown(name, fd)
+                    child = self._open_dir_entry(fd, parts[: index + 1])
+                except OSError as exc:
+                    raise self._refused(exc, parts[: index + 1]) from None
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_dir_entry(self, parent: int, parts: Sequence[str]) -> int:
+        try:
+            return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise self._refused(exc, parts) from None
+
+    def _refused(self, exc: OSError, parts: Sequence[str]) -> Exception:
+        shown = self._shown(parts)
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            return InvalidPath(
+                f"{shown!r} is a symbolic link; links are not followed", details={"path": shown}
+            )
+        if exc.errno == errno.ENOTDIR:
+            return InvalidPath(f"{shown!r} is not a directory", details={"path": shown})
+        if exc.errno == errno.ENOENT:
+            return NotFound(f"{shown!r} does not exist")
+        if exc.errno == errno.EISDIR:
+            return InvalidPath(f"{shown!r} is a directory", details={"path": shown})
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return InvalidPath(f"{shown!r} cannot be written", details={"path": shown})
+        if exc.errno == errno.ENOSPC:
+            return TooLarge(f"no space left for {shown!r}")
+        return exc
+
+    def _chown(self, name: str, dir_fd: int) -> None:
+        if self.owner is not None:
+            os.chown(name, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
+
+    # -- operations (blocking; callers run them in a thread) ----------------------------------
+
+    def read(self, parts: Sequence[str], max_bytes: int | None = None) -> bytes:
+        if not parts:
+            raise InvalidPath(f"{self.display!r} is a directory", details={"path": self.display})
+        with self._directory(parts[:-1]) as parent:
+            try:
+                fd = os.open(parts[-1], _READ_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                raise self._refused(exc, parts) from None
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise InvalidPath(
+                        f"{self._shown(parts)!r} is a directory",
+                        details={"path": self._shown(parts)},
+                    )
+                if not stat.S_ISREG(st.st_mode):
+                    raise InvalidPath(
+                        f"{self._shown(parts)!r} is not a regular file",
+                        details={"path": self._shown(parts)},
+                    )
+                if max_bytes is not None and st.st_size > max_bytes:
+                    raise TooLarge(
+                        f"{self._shown(parts)!r} has {st.st_size} bytes, more than {max_bytes}",
+                        details={"size": st.st_size, "max_bytes": max_bytes},
+                    )
+                chunks: list[bytes] = []
+                while chunk := os.read(fd, 1 << 20):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            finally:
+                os.close(fd)
+
+    def write(self, parts: Sequence[str], data: bytes) -> os.stat_result:
+        """Replace the file atomically (a new inode renamed over the old one)."""
+        if not parts:
+            raise InvalidPath(f"{self.display!r} is a directory", details={"path": self.display})
+        with self._directory(parts[:-1], create=True) as parent:
+            name = parts[-1]
+            try:
+                existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                raise InvalidPath(
+                    f"{self._shown(parts)!r} is a directory", details={"path": self._shown(parts)}
+                )
+            temp = f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+            try:
+                fd = os.open(
+                    temp,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=parent,
+                )
+            except OSError as exc:
+                raise self._refused(exc, parts) from None
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+                st = os.fstat(fd)
+            except OSError as exc:
+                os.close(fd)
+                os.unlink(temp, dir_fd=parent)
+                raise self._refused(exc, parts) from None
+            os.close(fd)
+            os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            return st
+
+    def stat(self, parts: Sequence[str]) -> os.stat_result | None:
+        try:
+            if not parts:
+                with self._directory(()) as fd:
+                    return os.fstat(fd)
+            with self._directory(parts[:-1]) as parent:
+                return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except (NotFound, FileNotFoundError):
+            return None
+
+    def list(self, parts: Sequence[str]) -> list[tuple[str, os.stat_result]]:
+        with self._directory(parts) as fd:
+            entries: list[tuple[str, os.stat_result]] = []
+            for name in sorted(os.listdir(fd)):
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                try:
+                    entries.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+                except FileNotFoundError:
+                    continue
+            return entries
+
+    def remove(self, parts: Sequence[str]) -> bool:
+        """Remove a file, a link or an empty directory (the link itself, never its target)."""
+        if not parts:
+            raise InvalidPath(f"{self.display!r} cannot be removed", details={"path": self.display})
+        try:
+            with self._directory(parts[:-1]) as parent:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(parts[-1], dir_fd=parent)
+                else:
+                    os.unlink(parts[-1], dir_fd=parent)
+                return True
+        except (NotFound, FileNotFoundError):
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise InvalidPath(
+                    f"{self._shown(parts)!r} is a directory that is not empty",
+                    details={"path": self._shown(parts)},
+                ) from None
+            raise self._refused(exc, parts) from None
+
+    def kind(self, st: os.stat_result) -> Literal["file", "dir", "symlink", "other"]:
+        return _kind(st.st_mode)
+
+    def modified_at(self, st: os.stat_result) -> datetime:
+        return _mtime(st)
+
+    def usage(self) -> tuple[int, int]:
+        """Bytes and file count of the whole tree (``lstat`` only, links not followed)."""
+        total = files = 0
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            for name in filenames:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                total += st.st_blocks * 512
+                files += 1
+            for name in dirnames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                except FileNotFoundError:
+                    continue
+        return total, files
