@@ -43,6 +43,17 @@ def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
 
 
+def _as_link_error(exc: OSError, name: str, dir_fd: int) -> OSError:
+    """``O_DIRECTORY | O_NOFOLLOW`` on a symlink fails with ``ENOTDIR``: say it is a link."""
+    if exc.errno != errno.ENOTDIR:
+        return exc
+    try:
+        is_link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return exc
+    return OSError(errno.ELOOP, os.strerror(errno.ELOOP)) if is_link else exc
+
+
 class HostRoot:
     """One directory tree (a computer's ``/agent``, ``/space``, ``/session`` or ``/tmp``).
 
@@ -86,7 +97,7 @@ class HostRoot:
                         self._chown(name, fd)
                     child = self._open_dir_entry(fd, parts[: index + 1])
                 except OSError as exc:
-                    raise self._refused(exc, parts[: index + 1]) from None
+                    raise self._refused(_as_link_error(exc, name, fd), parts[: index + 1]) from None
                 os.close(fd)
                 fd = child
             yield fd
@@ -97,7 +108,7 @@ class HostRoot:
         try:
             return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
-            raise self._refused(exc, parts) from None
+            raise self._refused(_as_link_error(exc, parts[-1], parent), parts) from None
 
     def _refused(self, exc: OSError, parts: Sequence[str]) -> Exception:
         shown = self._shown(parts)
@@ -105,6 +116,8 @@ class HostRoot:
             return InvalidPath(
                 f"{shown!r} is a symbolic link; links are not followed", details={"path": shown}
             )
+        if exc.errno == errno.ENXIO:  # a socket: nothing to read from the host side
+            return InvalidPath(f"{shown!r} is not a regular file", details={"path": shown})
         if exc.errno == errno.ENOTDIR:
             return InvalidPath(f"{shown!r} is not a directory", details={"path": shown})
         if exc.errno == errno.ENOENT:
@@ -168,6 +181,11 @@ class HostRoot:
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 raise InvalidPath(
                     f"{self._shown(parts)!r} is a directory", details={"path": self._shown(parts)}
+                )
+            if existing is not None and stat.S_ISLNK(existing.st_mode):
+                raise InvalidPath(
+                    f"{self._shown(parts)!r} is a symbolic link; links are not followed",
+                    details={"path": self._shown(parts)},
                 )
             temp = f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
             try:
