@@ -6,8 +6,14 @@
         agent = await runtime.agents.create(principal, name="helper")
         ...
 
-``start`` migrates the store, runs the organizer in a task group it owns, and on the way out
-stops the organizer (its running tasks go back to the queue) and closes the store.
+``start`` migrates the store, runs the organizer and the computers' sleep loop in a task group
+it owns, and on the way out stops the organizer (its running tasks go back to the queue), stops
+the computers it started and closes the store.
+
+The agents' computers come from ``sandbox`` (default: ``open_backend(settings)``, opened on
+first use, so that a process that never runs a command never probes for bubblewrap). Without
+``tools=`` the agents get the built-in computer tools (``shell``, ``read_file`` …); a caller that
+passes its own registry decides alone.
 """
 
 from __future__ import annotations
@@ -19,17 +25,74 @@ from dataclasses import dataclass
 import anyio
 
 from openbuda.clock import SystemClock
+from openbuda.computer import Computers, open_backend
+from openbuda.computer.tools import computer_tools
 from openbuda.engine.broadcaster import InProcessBroadcaster
 from openbuda.engine.loop import EngineDeps, MemoryReader
 from openbuda.engine.organizer import Organizer
 from openbuda.engine.tools import ToolRegistry
 from openbuda.models import resolve_model
-from openbuda.ports import Clock, ModelClient, Store
-from openbuda.service import AgentService, ServiceDeps, SessionService, TaskService
+from openbuda.ports import (
+    Clock,
+    ModelClient,
+    Sandbox,
+    SandboxBackend,
+    SandboxCapabilities,
+    SandboxSpec,
+    Store,
+)
+from openbuda.service import (
+    AgentService,
+    ComputerService,
+    ServiceDeps,
+    SessionService,
+    TaskService,
+)
 from openbuda.settings import Settings
 from openbuda.stores import open_store
 
-__all__ = ["Runtime"]
+__all__ = ["LazyBackend", "Runtime"]
+
+
+class LazyBackend:
+    """A ``SandboxBackend`` opened on first use (``open_backend(settings)`` by default)."""
+
+    def __init__(self, open_it: Callable[[], SandboxBackend]) -> None:
+        self._open = open_it
+        self._backend: SandboxBackend | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def opened(self) -> bool:
+        return self._backend is not None
+
+    def _get(self) -> SandboxBackend:
+        if self._backend is None:
+            self._backend = self._open()
+        return self._backend
+
+    @property
+    def name(self) -> str:
+        return self._get().name
+
+    @property
+    def capabilities(self) -> SandboxCapabilities:
+        return self._get().capabilities
+
+    async def connect(self, spec: SandboxSpec) -> Sandbox:
+        if self._backend is None:
+            async with self._lock:
+                if self._backend is None:  # probing may run programs: not on the event loop
+                    opened = await anyio.to_thread.run_sync(self._open)
+                    if self._backend is None:
+                        self._backend = opened
+                    else:  # a synchronous caller opened one meanwhile: keep that one
+                        await opened.aclose()
+        return await self._backend.connect(spec)
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()
 
 
 @dataclass(slots=True)
@@ -42,6 +105,10 @@ class Runtime:
     agents: AgentService
     sessions: SessionService
     tasks: TaskService
+    computers: Computers
+    """The agents' computers used by this process (one sandbox per agent)."""
+    computer: ComputerService
+    """Members at an agent's computer: status, exec, sleep/wake/restart, previews."""
 
     @classmethod
     def build(
@@ -54,16 +121,21 @@ class Runtime:
         tools: ToolRegistry | None = None,
         memory: MemoryReader | None = None,
         worker_id: str | None = None,
+        sandbox: SandboxBackend | None = None,
     ) -> Runtime:
         """Wire the parts around an open ``store`` (nothing starts running)."""
         clock = clock or SystemClock()
         broadcaster = InProcessBroadcaster()
+        backend = sandbox or LazyBackend(lambda: open_backend(settings))
+        computers = Computers(backend, check_seconds=settings.computer_sleep_check_seconds)
+        if tools is None:
+            tools = ToolRegistry(computer_tools(computers))
 
         def resolve(spec: str | None) -> ModelClient:
             return resolve_model(spec, settings)
 
         resolver = models or resolve
-        engine = EngineDeps(store, clock, broadcaster, settings, resolver, tools or ToolRegistry())
+        engine = EngineDeps(store, clock, broadcaster, settings, resolver, tools)
         if memory is not None:
             engine.memory = memory
         organizer = Organizer(engine, worker_id=worker_id)
@@ -73,6 +145,7 @@ class Runtime:
             broadcaster,
             on_queued=organizer.wake,
             on_cancelled=organizer.cancel_task,
+            on_agent_deleted=computers.forget,
         )
         return cls(
             settings,
@@ -83,6 +156,8 @@ class Runtime:
             AgentService(deps),
             SessionService(deps),
             TaskService(deps),
+            computers,
+            ComputerService(deps, computers, settings.resolved_secret_key),
         )
 
     @classmethod
@@ -98,6 +173,7 @@ class Runtime:
         memory: MemoryReader | None = None,
         worker_id: str | None = None,
         run_engine: bool = True,
+        sandbox: SandboxBackend | None = None,
     ) -> AsyncGenerator[Runtime]:
         """Open (and migrate) the store, run the organizer, and clean up on exit.
 
@@ -119,14 +195,19 @@ class Runtime:
                 tools=tools,
                 memory=memory,
                 worker_id=worker_id,
+                sandbox=sandbox,
             )
-            async with anyio.create_task_group() as group:
-                if run_engine:
-                    await group.start(runtime.organizer.run)
-                try:
-                    yield runtime
-                finally:
-                    group.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as group:
+                    await group.start(runtime.computers.run)
+                    if run_engine:
+                        await group.start(runtime.organizer.run)
+                    try:
+                        yield runtime
+                    finally:
+                        group.cancel_scope.cancel()
+            finally:
+                await runtime.computers.aclose()  # shielded: every computer started here stops
         finally:
             if own_store:
                 with anyio.CancelScope(shield=True):

@@ -5,6 +5,9 @@ Nothing else in openbuda reads the environment: the CLI builds ``Settings`` and 
 
 from __future__ import annotations
 
+import os
+import secrets
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +68,10 @@ class Settings(BaseSettings):
     ``check``: usage is measured after each command; ``auto``: ``loop`` when root."""
     computer_sleep_check_seconds: float = Field(default=30.0, gt=0)
     """How often idle computers are looked for to put to sleep."""
+    secret_key: str | None = Field(default=None, min_length=16, repr=False)
+    """The server's signing key (signed preview links). Default: a random key created once in
+    ``$OPENBUDA_HOME/secret.key`` (mode 0600); every API process of a deployment needs the
+    same key."""
 
     # -- the HTTP server (``openbuda serve``) ------------------------------------------------
     host: str = "127.0.0.1"
@@ -102,6 +109,29 @@ class Settings(BaseSettings):
     api_key: str | None = None
     """The API key of the SDK and CLI (``OPENBUDA_API_KEY``); default: the ``api_key`` of
     ``$OPENBUDA_HOME/credentials.json``."""
+
+    def resolved_secret_key(self) -> bytes:
+        """``secret_key``, else the key in ``$OPENBUDA_HOME/secret.key`` (created once, 0600).
+
+        Blocking file I/O: async callers run it in a thread.
+        """
+        if self.secret_key is not None:
+            return self.secret_key.encode()
+        path = self.home / "secret.key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:  # we create it: write it whole before anyone may read it
+            with os.fdopen(descriptor, "w", encoding="ascii") as file:
+                file.write(secrets.token_urlsafe(48) + "\n")
+        for _ in range(100):  # another process may be writing it this very moment
+            key = path.read_text(encoding="ascii").strip()
+            if key:
+                return key.encode()
+            time.sleep(0.01)
+        raise RuntimeError(f"{str(path)!r} is empty: delete it or set OPENBUDA_SECRET_KEY")
 
     def resolved_computer_dir(self) -> Path:
         return self.computer_dir or self.home / "computers"

@@ -37,11 +37,12 @@ from openbuda.api.idempotency import IdempotencyCache
 from openbuda.api.limits import BodyLimitMiddleware, RateLimiter
 from openbuda.api.metrics import CONTENT_TYPE, Metrics
 from openbuda.api.observe import Observer, tracer_provider_from
-from openbuda.api.routes import agents, identity, sessions, stream, tasks
+from openbuda.api.routes import agents, computer, identity, sessions, stream, tasks
+from openbuda.computer.tools import computer_tools
 from openbuda.engine.loop import MemoryReader
 from openbuda.engine.tools import Tool, ToolRegistry
 from openbuda.models import resolve_model
-from openbuda.ports import Clock, ModelClient, Store
+from openbuda.ports import Clock, ModelClient, SandboxBackend, Store
 from openbuda.runtime import Runtime
 from openbuda.service.keys import KeyService, check_bootstrap_key
 from openbuda.settings import Settings
@@ -77,11 +78,13 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     metrics: Metrics | None = None,
     announce: Callable[[str], None] = _print,
+    sandbox: SandboxBackend | None = None,
 ) -> FastAPI:
     """The API app. Without ``store`` the lifespan opens (and migrates) the settings' database;
     ``models`` resolves ``provider:model`` specs (default: the real providers); ``tools`` are
-    the agents' tools (default: the runtime's own, not traced); ``run_engine`` false serves the
-    API without running tasks here (another process does)."""
+    the agents' tools (default: the built-in computer tools); ``run_engine`` false serves the
+    API without running tasks here (another process does); ``sandbox`` is the computers'
+    backend (default: ``open_backend(settings)``)."""
     settings = settings or Settings()
     if settings.bootstrap_api_key is not None:
         check_bootstrap_key(settings.bootstrap_api_key)  # fail now, not at the first start
@@ -105,10 +108,15 @@ def create_app(
                 tools=None if tools is None else ToolRegistry(observer.tool(t) for t in tools),
                 memory=memory,
                 run_engine=False,  # started below, once its runs are observed
+                sandbox=sandbox,
             ) as runtime,
             anyio.create_task_group() as engine,
         ):
             organizer = runtime.organizer
+            if tools is None:  # the runtime's own (computer) tools, observed like given ones
+                organizer.deps.tools = ToolRegistry(
+                    observer.tool(t) for t in computer_tools(runtime.computers)
+                )
             organizer.runner = observer.runner(organizer.deps)
             await bootstrap_instance(runtime, settings, announce)
             if run_engine:
@@ -154,7 +162,7 @@ def create_app(
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
 
     app.include_router(identity.health_router)
-    for module in (identity, agents, sessions, stream, tasks):
+    for module in (identity, agents, sessions, stream, tasks, computer):
         app.include_router(module.router)
 
     if settings.metrics_enabled:

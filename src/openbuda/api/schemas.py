@@ -29,6 +29,14 @@ from openbuda.domain.records import (
 )
 from openbuda.domain.states import SessionStatus, TaskStatus
 from openbuda.domain.validation import LIMITS
+from openbuda.ports import ExecResult, LimitName, SandboxState
+from openbuda.service.computer import (
+    DEFAULT_LINK_SECONDS,
+    MAX_COMMAND_CHARS,
+    MAX_EXEC_TIMEOUT_S,
+    MAX_LINK_SECONDS,
+    ComputerStatus,
+)
 from openbuda.service.keys import MAX_KEY_DAYS, CreatedKey
 from openbuda.service.sessions import HISTORY_LIMIT, MessageAccepted, MessageItem, OnBusy
 
@@ -41,7 +49,10 @@ __all__ = [
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyOut",
+    "ComputerStatusOut",
     "EventOut",
+    "ExecCreate",
+    "ExecResultOut",
     "HealthOut",
     "HistoryItem",
     "MeOut",
@@ -50,6 +61,8 @@ __all__ = [
     "MessageCreate",
     "MessageOut",
     "Page",
+    "PreviewLinkCreate",
+    "PreviewLinkOut",
     "QuestionOut",
     "SessionCreate",
     "SessionOut",
@@ -61,8 +74,10 @@ __all__ = [
     "accepted_json",
     "agent_json",
     "api_key_json",
+    "computer_status_json",
     "created_key_json",
     "event_json",
+    "exec_result_json",
     "merged_settings",
     "message_json",
     "plain_settings",
@@ -171,6 +186,30 @@ class ApiKeyCreate(RequestBody):
 
 class SpaceCreate(RequestBody):
     name: Annotated[str, _text("agent_name", min_length=1)]
+
+
+class ExecCreate(RequestBody):
+    command: str = Field(
+        min_length=1, max_length=MAX_COMMAND_CHARS, description="Run by `bash -c`."
+    )
+    cwd: str | None = Field(
+        default=None, max_length=4096, description="A directory of the computer; default /agent."
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_EXEC_TIMEOUT_S,
+        description="Seconds before the command is killed; default: the agent's exec_timeout_s.",
+    )
+
+
+class PreviewLinkCreate(RequestBody):
+    expires_in_s: int = Field(
+        default=DEFAULT_LINK_SECONDS,
+        ge=1,
+        le=MAX_LINK_SECONDS,
+        description="How long the link opens the page (default 15 minutes, at most 24 hours).",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +350,32 @@ class MeOut(BaseModel):
     instance_owner: bool = Field(description="Whether this key may create spaces.")
 
 
+class ComputerStatusOut(BaseModel):
+    status: SandboxState
+    cpu_percent: float
+    memory_bytes: int
+    disk_bytes: int = Field(description="Bytes used by the files in /agent.")
+    file_count: int = Field(description="Files in /agent.")
+    ports: list[int] = Field(description="TCP ports a program of the computer listens on.")
+    sleep_timeout_s: int
+
+
+class ExecResultOut(BaseModel):
+    exit_code: int = Field(description="`128 + N` when signal N ended the command (137: killed).")
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_ms: int
+    limit: LimitName | None = Field(description="The limit that killed the command, if one did.")
+    stdout_bytes: int = Field(description="Bytes written to stdout (`stdout` keeps at most 1 MiB).")
+    stderr_bytes: int
+
+
+class PreviewLinkOut(BaseModel):
+    url: str = Field(description="Opens the page in a browser, without an API key.")
+    expires_at: datetime
+
+
 # ---------------------------------------------------------------------------------------------
 # Records as JSON
 
@@ -433,3 +498,29 @@ def merged_settings(current: AgentSettings, patch: AgentSettingsBody) -> AgentSe
 
 def plain_settings(settings: AgentSettingsBody) -> AgentSettings:
     return AgentSettings.model_validate(settings.model_dump())
+
+
+def computer_status_json(computer: ComputerStatus) -> dict[str, Any]:
+    status = computer.status
+    return {
+        "status": status.state,
+        "cpu_percent": status.cpu_percent,
+        "memory_bytes": status.memory_bytes,
+        "disk_bytes": status.disk_bytes,
+        "file_count": status.file_count,
+        "ports": list(status.ports),
+        "sleep_timeout_s": computer.sleep_timeout_s,
+    }
+
+
+def exec_result_json(result: ExecResult) -> dict[str, Any]:
+    return {
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "timed_out": result.timed_out,
+        "duration_ms": result.duration_ms,
+        "limit": result.limit,
+        "stdout_bytes": result.stdout_bytes,
+        "stderr_bytes": result.stderr_bytes,
+    }

@@ -15,6 +15,9 @@
         task = client.tasks.get(accepted.task_id)
         print(task.status, task.result)
 
+``client.computer`` reaches an agent's computer: ``status``, ``exec``, ``exec_stream`` (live
+output), ``sleep``/``wake``/``restart`` and ``preview_link`` (a signed URL for a browser).
+
 ``AsyncClient`` has the same namespaces with ``await`` (and ``async with`` / ``async for`` for
 streams). Both take ``transport=`` (``httpx.ASGITransport(app)``, ``httpx.MockTransport``) for
 tests.
@@ -35,6 +38,13 @@ from openbuda.client._async import (
     AsyncTasks,
 )
 from openbuda.client._calls import OnBusy
+from openbuda.client._computer import (
+    AsyncComputer,
+    AsyncExecStream,
+    Computer,
+    ExecItem,
+    ExecStream,
+)
 from openbuda.client._config import DEFAULT_URL
 from openbuda.client._errors import (
     ApiError,
@@ -47,7 +57,10 @@ from openbuda.client._models import (
     AgentLimits,
     AgentSettings,
     ApiKey,
+    ComputerStatus,
     Event,
+    ExecOutput,
+    ExecResult,
     Health,
     HistoryMessage,
     Me,
@@ -55,6 +68,7 @@ from openbuda.client._models import (
     Message,
     MessageAccepted,
     Page,
+    PreviewLink,
     Question,
     Session,
     Space,
@@ -80,14 +94,22 @@ __all__ = [
     "AsyncAgents",
     "AsyncApiKeys",
     "AsyncClient",
+    "AsyncComputer",
     "AsyncEventStream",
+    "AsyncExecStream",
     "AsyncSessions",
     "AsyncSpaces",
     "AsyncTasks",
     "Client",
+    "Computer",
+    "ComputerStatus",
     "ConnectionFailed",
     "Event",
     "EventStream",
+    "ExecItem",
+    "ExecOutput",
+    "ExecResult",
+    "ExecStream",
     "Health",
     "HistoryMessage",
     "InvalidResponse",
@@ -99,6 +121,7 @@ __all__ = [
     "NotGiven",
     "OnBusy",
     "Page",
+    "PreviewLink",
     "Question",
     "Session",
     "Sessions",

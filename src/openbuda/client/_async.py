@@ -12,6 +12,7 @@ import httpx
 
 from openbuda.client import _calls as calls
 from openbuda.client._calls import Call, HistoryItem, OnBusy, SessionStatusFilter, TaskStatusFilter
+from openbuda.client._computer import AsyncComputer
 from openbuda.client._config import Connection, resolve_connection
 from openbuda.client._errors import ApiError
 from openbuda.client._http import DEFAULT_TIMEOUT, USER_AGENT, connection_failed, headers_for
@@ -88,6 +89,7 @@ class AsyncClient:
         self.agents = AsyncAgents(self)
         self.sessions = AsyncSessions(self)
         self.tasks = AsyncTasks(self)
+        self.computer = AsyncComputer(self)
 
     @property
     def base_url(self) -> str:
@@ -121,6 +123,7 @@ class AsyncClient:
             params=call.params or None,
             json=call.json,
             headers=headers_for(self._connection, call),
+            timeout=httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout,
         )
         try:
             response = await self._http.send(request)

@@ -9,18 +9,22 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
 from urllib.parse import quote
 
+import httpx
 from pydantic import BaseModel
 
 from openbuda.client._models import (
     Agent,
     ApiKey,
+    ComputerStatus,
     Event,
+    ExecResult,
     Health,
     HistoryMessage,
     Me,
     Message,
     MessageAccepted,
     Page,
+    PreviewLink,
     Session,
     Space,
     SpaceCreated,
@@ -51,6 +55,8 @@ class Call(Generic[T]):
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict[str, str])
     auth: bool = True
+    timeout: httpx.Timeout | None = None
+    """``None``: the client's timeout."""
 
 
 def _segment(value: str) -> str:
@@ -294,3 +300,51 @@ def tasks_answer(
 ) -> Call[Task]:
     body = _body(question_id=question_id, text=text, choice=choice, approved=approved, note=note)
     return Call("POST", f"/v1/tasks/{_segment(task_id)}/answer", _one(Task), json=body)
+
+
+# -- computer --------------------------------------------------------------------------------
+
+EXEC_GRACE_S = 30.0
+"""How much longer than the command's timeout the SDK waits for the result."""
+
+
+def _computer(agent_id: str, action: str = "") -> str:
+    return f"/v1/agents/{_segment(agent_id)}/computer{action}"
+
+
+def computer_status(agent_id: str) -> Call[ComputerStatus]:
+    return Call("GET", _computer(agent_id), _one(ComputerStatus))
+
+
+def computer_action(
+    agent_id: str, action: Literal["wake", "sleep", "restart"]
+) -> Call[ComputerStatus]:
+    return Call("POST", _computer(agent_id, f"/{action}"), _one(ComputerStatus))
+
+
+def exec_timeout(connect: float | None, timeout_s: float | None) -> httpx.Timeout:
+    """Wait for the command: its timeout and a grace period, or without limit when the
+    server's default (the agent's ``exec_timeout_s``) applies."""
+    read = None if timeout_s is None else timeout_s + EXEC_GRACE_S
+    return httpx.Timeout(connect, read=read, write=connect, pool=connect)
+
+
+def computer_exec(
+    agent_id: str, command: str, cwd: str | None, timeout_s: float | None, connect: float | None
+) -> Call[ExecResult]:
+    return Call(
+        "POST",
+        _computer(agent_id, "/exec"),
+        _one(ExecResult),
+        json=_body(command=command, cwd=cwd, timeout_s=timeout_s),
+        timeout=exec_timeout(connect, timeout_s),
+    )
+
+
+def computer_preview_link(agent_id: str, port: int, expires_in_s: int | None) -> Call[PreviewLink]:
+    return Call(
+        "POST",
+        _computer(agent_id, f"/ports/{int(port)}/link"),
+        _one(PreviewLink),
+        json=_body(expires_in_s=expires_in_s),
+    )

@@ -21,7 +21,10 @@ __all__ = [
     "AgentLimits",
     "AgentSettings",
     "ApiKey",
+    "ComputerStatus",
     "Event",
+    "ExecOutput",
+    "ExecResult",
     "Health",
     "HistoryMessage",
     "Me",
@@ -29,6 +32,7 @@ __all__ = [
     "Message",
     "MessageAccepted",
     "Page",
+    "PreviewLink",
     "Question",
     "Session",
     "Space",
@@ -233,3 +237,45 @@ class Event(ApiModel):
     @property
     def ephemeral(self) -> bool:
         return self.seq is None
+
+
+class ComputerStatus(ApiModel):
+    """An agent's computer: ``running``, ``sleeping`` or ``stopped``, and what it uses."""
+
+    status: Literal["running", "sleeping", "stopped"]
+    cpu_percent: float = 0.0
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    """Bytes used by the files in ``/agent``."""
+    file_count: int = 0
+    ports: list[int] = Field(default_factory=list[int])
+    """TCP ports a program of the computer listens on (open them with ``preview_link``)."""
+    sleep_timeout_s: int = 1800
+
+
+class ExecResult(ApiModel):
+    """How a command ended: ``exit_code`` (``128 + N`` after signal N, 137 when killed),
+    its output (each stream at most 1 MiB), and the ``limit`` that killed it, if one did."""
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+    duration_ms: int = 0
+    limit: str | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+
+class ExecOutput(ApiModel):
+    """Output of a running command, as ``exec_stream`` yields it."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class PreviewLink(ApiModel):
+    """A signed URL that opens a port's preview in a browser, without the API key."""
+
+    url: str
+    expires_at: datetime

@@ -12,6 +12,7 @@ import httpx
 
 from openbuda.client import _calls as calls
 from openbuda.client._calls import Call, HistoryItem, OnBusy, SessionStatusFilter, TaskStatusFilter
+from openbuda.client._computer import Computer
 from openbuda.client._config import Connection, resolve_connection
 from openbuda.client._errors import ApiError
 from openbuda.client._http import DEFAULT_TIMEOUT, USER_AGENT, connection_failed, headers_for
@@ -80,6 +81,7 @@ class Client:
         self.agents = Agents(self)
         self.sessions = Sessions(self)
         self.tasks = Tasks(self)
+        self.computer = Computer(self)
 
     @property
     def base_url(self) -> str:
@@ -113,6 +115,7 @@ class Client:
             params=call.params or None,
             json=call.json,
             headers=headers_for(self._connection, call),
+            timeout=httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout,
         )
         try:
             response = self._http.send(request)

@@ -75,6 +75,11 @@ class Computers:
         entry.last_active = time.monotonic()
         return entry.sandbox
 
+    def running(self, agent_id: str) -> Sandbox | None:
+        """The agent's computer if it was started here (``None``: nothing to stop or freeze)."""
+        entry = self._entries.get(agent_id)
+        return None if entry is None else entry.sandbox
+
     def touch(self, agent_id: str) -> None:
         entry = self._entries.get(agent_id)
         if entry is not None:

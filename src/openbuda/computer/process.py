@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Final
@@ -114,7 +115,16 @@ class ProcessSandbox:
             return None
         return self._layout.session_files(self._spec.agent_id, view.session_id)
 
+    def _make_scratch(self, view: SandboxView) -> None:
+        """The view's ``/session`` and ``/tmp`` exist from its first use on."""
+        for mount in ("session", "tmp"):
+            directory = self._host_dir(mount, view)
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+
     def files(self, view: SandboxView) -> SandboxFiles:
+        self._make_scratch(view)
+
         def root(mount: Mount) -> HostRoot | None:
             directory = self._host_dir(mount, view)
             return None if directory is None else HostRoot(directory, f"/{mount}")
@@ -136,10 +146,7 @@ class ProcessSandbox:
         if cwd_root is None:
             raise InvalidPath(f"{str(cwd_path)!r} is not available here")
         cwd = cwd_root.joinpath(*cwd_path.parts)
-        for mount in ("session", "tmp"):
-            directory = self._host_dir(mount, view)
-            if directory is not None:
-                directory.mkdir(parents=True, exist_ok=True)
+        self._make_scratch(view)
         if not cwd.is_dir():
             raise InvalidPath(
                 f"{str(cwd_path)!r} is not a directory", details={"path": str(cwd_path)}
@@ -162,29 +169,41 @@ class ProcessSandbox:
             cwd=cwd,
             env=env,
             start_new_session=True,
-            stdin=None,
+            stdin=subprocess.DEVNULL,
         )
         self._groups.add(process.pid)
 
-        async def pump(name: OutputStream, stream: anyio.abc.ByteReceiveStream | None) -> None:
-            if stream is None:
-                return
-            with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-                async for chunk in stream:
-                    await capture.feed(name, chunk)
+        drained = {"stdout": anyio.Event(), "stderr": anyio.Event()}
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(pump, "stdout", process.stdout)
-            group.start_soon(pump, "stderr", process.stderr)
-            with anyio.move_on_after(timeout) as scope:
-                await process.wait()
-            if scope.cancelled_caught:
-                timed_out = True
+        async def pump(name: OutputStream, stream: anyio.abc.ByteReceiveStream | None) -> None:
+            try:
+                if stream is None:
+                    return
+                with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
+                    async for chunk in stream:
+                        await capture.feed(name, chunk)
+            finally:
+                drained[name].set()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pump, "stdout", process.stdout)
+                group.start_soon(pump, "stderr", process.stderr)
+                with anyio.move_on_after(timeout) as scope:
+                    await process.wait()
+                if scope.cancelled_caught:
+                    timed_out = True
+                    _kill_group(process.pid)
+                    await process.wait()
+                with anyio.move_on_after(_DRAIN_SECONDS):  # only background children wait
+                    for event in drained.values():
+                        await event.wait()
+                group.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:  # the caller gave up (cancelled): so does the command
                 _kill_group(process.pid)
-                await process.wait()
-            await anyio.sleep(_DRAIN_SECONDS)
-            group.cancel_scope.cancel()
-        await process.aclose()
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
         await capture.flush()
         code = process.returncode if process.returncode is not None else 137
         if code < 0:

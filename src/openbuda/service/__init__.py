@@ -1,6 +1,7 @@
 """Use-cases: each owns its transaction and the lifecycle rules it applies."""
 
 from openbuda.service.agents import AgentService
+from openbuda.service.computer import ComputerService
 from openbuda.service.deps import ServiceDeps
 from openbuda.service.sessions import MessageAccepted, SessionService
 from openbuda.service.tasks import Answer, TaskService
@@ -8,6 +9,7 @@ from openbuda.service.tasks import Answer, TaskService
 __all__ = [
     "AgentService",
     "Answer",
+    "ComputerService",
     "MessageAccepted",
     "ServiceDeps",
     "SessionService",

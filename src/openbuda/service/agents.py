@@ -94,3 +94,4 @@ class AgentService:
         async with self._deps.store.write() as tx:
             if not await tx.delete_agent(principal.space_id, agent_id):
                 raise NotFound.of("agent", agent_id)
+        await self._deps.on_agent_deleted(agent_id)
