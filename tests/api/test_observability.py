@@ -34,6 +34,13 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
+async def run_span_ended(api: Api) -> None:
+    """Wait for the run's span: it ends just after the task's last write, which wait_task sees."""
+    with anyio.fail_after(5):
+        while not any(s.name.startswith("invoke_agent ") for s in api.spans.get_finished_spans()):
+            await anyio.sleep(0.01)
+
+
 async def test_metrics(api: Api) -> None:
     session = await api.session((await api.agent())["id"])
     api.model.add(call("record", text="x"), reply("done", input_tokens=12, output_tokens=3))
@@ -81,10 +88,7 @@ async def test_traces_follow_the_genai_conventions(api: Api) -> None:
     api.model.add(call("record", text="x"), reply("done", input_tokens=7, output_tokens=2))
     accepted = await api.send(session["id"], "go")
     await api.wait_task(accepted["task_id"])
-    # the run's span ends just after the task's last write, which wait_task sees first
-    with anyio.fail_after(5):
-        while not any(s.name.startswith("invoke_agent ") for s in api.spans.get_finished_spans()):
-            await anyio.sleep(0.01)
+    await run_span_ended(api)
     spans = api.spans.get_finished_spans()
     by_name = {span.name: span for span in spans}
     run = next(span for span in spans if span.name.startswith("invoke_agent "))
@@ -133,6 +137,7 @@ async def test_tasks_recovered_at_start_are_observed(store: Store, tmp_path: Pat
     model = ScriptedModel([reply("done at last")], name="test:scripted")
     async for api in make_api(store, tmp_path, model=model):
         assert (await api.wait_task(task_id))["status"] == "completed"
+        await run_span_ended(api)
         runs = [s for s in api.spans.get_finished_spans() if s.name.startswith("invoke_agent")]
         assert len(runs) == 1 and runs[0].attributes is not None
         assert runs[0].attributes["openbuda.task.id"] == task_id
