@@ -33,6 +33,7 @@ Debian packages: ``slirp4netns``, ``iptables`` (its nft backend is fine).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
@@ -155,7 +156,9 @@ def _ensure_tun_access() -> None:
     os.chmod(_TUN, 0o666)
 
 
-def slirp_argv(pid: int, *, ready_fd: int, exit_fd: int, seccomp: bool) -> list[str]:
+def slirp_argv(
+    pid: int, *, ready_fd: int, exit_fd: int, seccomp: bool, userns_fd: int | None = None
+) -> list[str]:
     argv = [
         "slirp4netns",
         "--configure",
@@ -167,7 +170,30 @@ def slirp_argv(pid: int, *, ready_fd: int, exit_fd: int, seccomp: bool) -> list[
     ]
     if seccomp:
         argv.append("--enable-seccomp")
+    if userns_fd is not None:
+        argv.append(f"--userns-path=/proc/self/fd/{userns_fd}")
     return [*argv, str(pid), "tap0"]
+
+
+_NS_GET_USERNS: Final = 0xB701
+
+
+def _netns_owner(pid: int) -> int | None:
+    """A descriptor of the user namespace that owns ``pid``'s network namespace.
+
+    slirp4netns joins ``pid``'s own user namespace by default; with ``bwrap --disable-userns``
+    that is a nested one without rights over the network namespace (``setns`` fails with
+    EPERM), so it is told the owner's instead. ``None`` when the kernel cannot say."""
+    try:
+        netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(netns, _NS_GET_USERNS)
+    except OSError:
+        return None
+    finally:
+        os.close(netns)
 
 
 async def attach_internet(
@@ -186,17 +212,26 @@ async def attach_internet(
     seccomp = await anyio.to_thread.run_sync(_seccomp_supported)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
+    userns_fd = _netns_owner(pid)
     process: anyio.abc.Process | None = None
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log_file:
             try:
                 process = await anyio.open_process(
-                    slirp_argv(pid, ready_fd=ready_w, exit_fd=exit_r, seccomp=seccomp),
+                    slirp_argv(
+                        pid,
+                        ready_fd=ready_w,
+                        exit_fd=exit_r,
+                        seccomp=seccomp,
+                        userns_fd=userns_fd,
+                    ),
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(ready_w, exit_r),
+                    pass_fds=(ready_w, exit_r)
+                    if userns_fd is None
+                    else (ready_w, exit_r, userns_fd),
                     user=uid,
                     group=uid,
                     extra_groups=None if uid is None else [],
@@ -227,6 +262,8 @@ async def attach_internet(
         raise
     finally:
         os.close(ready_r)
+        if userns_fd is not None:
+            os.close(userns_fd)
     return InternetLink(process=process, log_path=log_path, _exit_fd=exit_w)
 
 

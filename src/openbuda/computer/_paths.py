@@ -48,7 +48,11 @@ def parse_path(path: str) -> SandboxPath:
         )
     if "\\" in path:
         raise InvalidPath(f"{path!r}: backslashes are not allowed in paths", details={"path": path})
-    path = unicodedata.normalize("NFC", path.strip())
+    if path != path.strip():
+        raise InvalidPath(
+            f"{path!r}: a path must not start or end with whitespace", details={"path": path[:200]}
+        )
+    path = unicodedata.normalize("NFC", path)
     if len(path.encode()) > MAX_PATH_BYTES:
         raise InvalidPath(
             f"a path may be at most {MAX_PATH_BYTES} bytes long", details={"path": path[:200]}
