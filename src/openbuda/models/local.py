@@ -165,6 +165,9 @@ class LocalModelClient:
     ) -> _Generated:
         llama = _Loaded.get()
         with _Loaded.call_lock:
+            # Evaluate every prompt from scratch: reusing the previous call's cached prefix
+            # changes the batch shapes, so the same input could give another reply.
+            llama.reset()
             messages = _fit(
                 llama, to_messages(request), max_tokens, request.tools if offer_tools else ()
             )
