@@ -125,7 +125,11 @@ def _uids(pid: int) -> set[int]:
 
 def _gone(pid: int) -> bool:
     """No such process, or only its zombie (a parent that is not us has yet to reap it)."""
-    return _zombie(pid)
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text[text.rindex(")") + 2] == "Z"
 
 
 async def wait_for_pids(marker: str, count: int) -> None:
@@ -476,11 +480,11 @@ async def test_a_new_backend_attaches_to_the_sandbox_a_crashed_server_left(
     crashed = await anyio.run_process(
         [sys.executable, "-c", CRASHING_SERVER, str(base), seconds, state], check=False
     )
-    assert crashed.returncode == 0, crashed.stderr.decode()
-    init = json.loads(crashed.stdout)["init"]
     backend = make_backend(base)
     try:
         computer = await backend.connect(SPEC)  # attached here, so stopped at the end
+        assert crashed.returncode == 0, crashed.stderr.decode()
+        init = json.loads(crashed.stdout)["init"]
         assert computer.init_pid == init  # not restarted
         frozen = state == "asleep" and backend.capabilities.freeze
         assert (await computer.status()).state == ("sleeping" if frozen else "running")
@@ -491,14 +495,6 @@ async def test_a_new_backend_attaches_to_the_sandbox_a_crashed_server_left(
         await backend.aclose()
     assert host_pids_of(seconds) == []
     assert _gone(init)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return text[text.rindex(")") + 2] == "Z"
 
 
 async def test_a_changed_spec_applies_at_the_next_restart(computer: BwrapSandbox) -> None:
@@ -517,7 +513,7 @@ async def test_a_sandbox_killed_behind_our_back_starts_again(computer: BwrapSand
     init = computer.init_pid
     assert init is not None
     os.kill(init, signal.SIGKILL)
-    await eventually(lambda: anyio.to_thread.run_sync(lambda: _zombie(init)))
+    await eventually(lambda: anyio.to_thread.run_sync(lambda: _gone(init)))
     result = await run(computer, "cat /agent/kept")
     assert result.stdout == "kept\n" and computer.init_pid != init
 
@@ -549,3 +545,23 @@ async def test_agents_of_a_space_share_space(backend: BwrapBackend) -> None:
     mine = await run(second, "ls /agent; touch /agent/mine && echo ok")
     assert mine.stdout == "ok\n"
     assert (await run(first, "ls /agent")).stdout == ""
+
+
+async def test_computers_start_concurrently_with_their_own_uids(backend: BwrapBackend) -> None:
+    computers: dict[str, BwrapSandbox] = {}
+
+    async def start(agent_id: str) -> None:
+        computers[agent_id] = await backend.connect(
+            SandboxSpec(space_id="space1", agent_id=agent_id)
+        )
+
+    async with anyio.create_task_group() as group:
+        for index in range(4):
+            group.start_soon(start, f"agent{index}")
+    owners: set[int] = set()
+    for computer in computers.values():
+        result = await run(computer, "echo ok")
+        assert result.stdout == "ok\n"
+        assert computer.init_pid is not None
+        owners |= await anyio.to_thread.run_sync(_uids, computer.init_pid)
+    assert len(owners) == (4 if os.geteuid() == 0 else 1)

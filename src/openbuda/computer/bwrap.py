@@ -28,8 +28,11 @@ PID and mount namespaces of their own inside it (see ``_sandbox_init``).
   (its spec applies at the next restart); ``aclose`` destroys every computer it started or
   attached.
 - **Files.** ``HostFiles`` over the host directories; a view's ``/tmp`` is reached through
-  ``/proc/<sandbox init>/root/tmp/.s/<session>`` (a path only the daemon writes; the walk below
-  it never follows links).
+  ``/proc/<sandbox init>/root/tmp/.s/<session>`` (``_bwrap_files``).
+
+The parts: ``_bwrap_launch`` (host ids, the command line, the generated ``/etc``),
+``_bwrap_host`` (the processes of a running sandbox and its saved record), ``_bwrap_client``
+(the daemon's protocol), ``_bwrap_files`` (file access) and ``_sandbox_init`` (the daemon).
 """
 
 from __future__ import annotations
@@ -764,7 +767,6 @@ class BwrapBackend:
                 "limits (run the server as root, or on cgroup v2 with delegation)"
             )
         self._sandboxes: dict[str, BwrapSandbox] = {}
-        self._lock = anyio.Lock()
 
     @property
     def name(self) -> str:
@@ -780,15 +782,15 @@ class BwrapBackend:
         )
 
     async def connect(self, spec: SandboxSpec) -> BwrapSandbox:
-        async with self._lock:
-            sandbox = self._sandboxes.get(spec.agent_id)
-            if sandbox is None:
-                sandbox = BwrapSandbox(self._config, spec)
-                await sandbox.open()
-                self._sandboxes[spec.agent_id] = sandbox
-            else:
-                sandbox.respec(spec)
-            return sandbox
+        """The agent's computer, attached or started (computers start concurrently)."""
+        sandbox = self._sandboxes.get(spec.agent_id)
+        if sandbox is None:
+            sandbox = BwrapSandbox(self._config, spec)
+            self._sandboxes[spec.agent_id] = sandbox
+        else:
+            sandbox.respec(spec)
+        await sandbox.open()
+        return sandbox
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
