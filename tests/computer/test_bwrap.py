@@ -547,6 +547,18 @@ async def test_agents_of_a_space_share_space(backend: BwrapBackend) -> None:
     assert (await run(first, "ls /agent")).stdout == ""
 
 
+async def test_space_files_written_through_the_host_are_writable_by_every_agent_of_the_space(
+    backend: BwrapBackend,
+) -> None:
+    """What a member writes to /space through the API stays editable by the space's agents."""
+    first = await backend.connect(SPEC)
+    second = await backend.connect(SandboxSpec(space_id="space1", agent_id="agent2"))
+    await first.files(CONSOLE).write("/space/notes/plan.md", b"one\n")
+    edited = await run(second, "echo two >> /space/notes/plan.md && touch /space/notes/new")
+    assert edited.exit_code == 0, edited.stderr
+    assert await first.files(CONSOLE).read("/space/notes/plan.md") == b"one\ntwo\n"
+
+
 async def test_computers_start_concurrently_with_their_own_uids(backend: BwrapBackend) -> None:
     computers: dict[str, BwrapSandbox] = {}
 

@@ -58,13 +58,19 @@ class HostRoot:
     """One directory tree (a computer's ``/agent``, ``/space``, ``/session`` or ``/tmp``).
 
     ``display`` is the sandbox path of the root, used in messages (``/agent``). ``owner`` is the
-    host uid and gid that new files and directories get (the agent's sandbox user).
+    host uid and gid that new files and directories get (the agent's sandbox user). ``shared``
+    makes them group-writable with the directory's group kept (``/space``, whose group is the
+    space's: every agent of the space can change what the API wrote).
     """
 
-    def __init__(self, root: Path, display: str, *, owner: Owner | None = None) -> None:
+    def __init__(
+        self, root: Path, display: str, *, owner: Owner | None = None, shared: bool = False
+    ) -> None:
         self.root = root
         self.display = display
         self.owner = owner
+        self.file_mode = 0o660 if shared else 0o644
+        self.dir_mode = 0o2770 if shared else 0o755
 
     # -- walking ----------------------------------------------------------------------------
 
@@ -90,12 +96,16 @@ class HostRoot:
                             f"{self._shown(parts[: index + 1])!r} does not exist"
                         ) from None
                     try:
-                        os.mkdir(name, 0o755, dir_fd=fd)
+                        os.mkdir(name, 0o700, dir_fd=fd)
                     except FileExistsError:
-                        pass
+                        created = False
                     else:
-                        self._chown(name, fd)
+                        created = True
                     child = self._open_dir_entry(fd, parts[: index + 1])
+                    if created:  # through the descriptor: the name may be a link by now
+                        if self.owner is not None:
+                            os.fchown(child, *self.owner)
+                        os.fchmod(child, self.dir_mode)
                 except OSError as exc:
                     raise self._refused(_as_link_error(exc, name, fd), parts[: index + 1]) from None
                 os.close(fd)
@@ -129,10 +139,6 @@ class HostRoot:
         if exc.errno == errno.ENOSPC:
             return TooLarge(f"no space left for {shown!r}")
         return exc
-
-    def _chown(self, name: str, dir_fd: int) -> None:
-        if self.owner is not None:
-            os.chown(name, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
 
     # -- operations (blocking; callers run them in a thread) ----------------------------------
 
@@ -192,7 +198,7 @@ class HostRoot:
                 fd = os.open(
                     temp,
                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o644,
+                    0o600,
                     dir_fd=parent,
                 )
             except OSError as exc:
@@ -205,6 +211,7 @@ class HostRoot:
                 os.fsync(fd)
                 if self.owner is not None:
                     os.fchown(fd, *self.owner)
+                os.fchmod(fd, self.file_mode)
                 st = os.fstat(fd)
             except OSError as exc:
                 os.close(fd)

@@ -654,7 +654,9 @@ class BwrapSandbox:
         name = view.session_id or CONSOLE_TMP
         roots: dict[Mount, HostRoot | None] = {
             "agent": HostRoot(self._agent_dir, "/agent", owner=owner),
-            "space": HostRoot(layout.space_files(self._spec.space_id), "/space", owner=space_owner),
+            "space": HostRoot(
+                layout.space_files(self._spec.space_id), "/space", owner=space_owner, shared=True
+            ),
             "session": None
             if session_dir is None
             else HostRoot(session_dir, "/session", owner=owner),
