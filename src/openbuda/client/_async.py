@@ -12,6 +12,7 @@ import httpx
 
 from openbuda.client import _calls as calls
 from openbuda.client._calls import Call, HistoryItem, OnBusy, SessionStatusFilter, TaskStatusFilter
+from openbuda.client._closing import AsyncClosingIterator
 from openbuda.client._computer import AsyncComputer
 from openbuda.client._config import Connection, resolve_connection
 from openbuda.client._errors import ApiError
@@ -403,39 +404,19 @@ class AsyncTasks:
         )
 
 
-class AsyncEventStream:
+class AsyncEventStream(AsyncClosingIterator[Event]):
     """The iterator of ``AsyncSessions.stream``. Use it in an ``async with`` block (or iterate
     it to the end) so that its connection is closed in the task that opened it."""
 
     def __init__(self, client: AsyncClient, state: StreamState) -> None:
         self._client = client
         self.state = state
-        self._events = self._run()
+        self._items = self._run()
 
     @property
     def last_seq(self) -> int | None:
         """The ``seq`` of the last stored event yielded (or the ``after`` it started from)."""
         return self.state.last_seq
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._events
-
-    async def __anext__(self) -> Event:
-        return await anext(self._events)
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _run(self) -> AsyncGenerator[Event]:
         client, state = self._client, self.state

@@ -15,15 +15,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import replace
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from openbuda.client import _calls as calls
 from openbuda.client._calls import Call
+from openbuda.client._closing import AsyncClosingIterator, ClosingIterator
 from openbuda.client._errors import ConnectionFailed, InvalidResponse, _api_class
 from openbuda.client._http import connection_failed, headers_for
 from openbuda.client._http import read_answer as _read
@@ -143,7 +143,7 @@ class Computer:
         return self._client._call(calls.computer_preview_link(agent_id, port, expires_in_s))
 
 
-class ExecStream:
+class ExecStream(ClosingIterator[ExecItem]):
     """The iterator of ``Computer.exec_stream``; use it in a ``with`` block (or iterate to the
     end) so that its connection is closed. ``result`` is set once the command ended."""
 
@@ -153,26 +153,6 @@ class ExecStream:
         self._headers = headers
         self.result: ExecResult | None = None
         self._items = self._run()
-
-    def __iter__(self) -> Iterator[ExecItem]:
-        return self._items
-
-    def __next__(self) -> ExecItem:
-        return next(self._items)
-
-    def close(self) -> None:
-        self._items.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _run(self) -> Generator[ExecItem]:
         client, call = self._client, self._call
@@ -254,7 +234,7 @@ class AsyncComputer:
         return await self._client._call(calls.computer_preview_link(agent_id, port, expires_in_s))
 
 
-class AsyncExecStream:
+class AsyncExecStream(AsyncClosingIterator[ExecItem]):
     """The iterator of ``AsyncComputer.exec_stream``; use it in an ``async with`` block (or
     iterate to the end). ``result`` is set once the command ended."""
 
@@ -266,26 +246,6 @@ class AsyncExecStream:
         self._headers = headers
         self.result: ExecResult | None = None
         self._items = self._run()
-
-    def __aiter__(self) -> AsyncIterator[ExecItem]:
-        return self._items
-
-    async def __anext__(self) -> ExecItem:
-        return await anext(self._items)
-
-    async def aclose(self) -> None:
-        await self._items.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _run(self) -> AsyncGenerator[ExecItem]:
         client, call = self._client, self._call

@@ -12,6 +12,7 @@ import httpx
 
 from openbuda.client import _calls as calls
 from openbuda.client._calls import Call, HistoryItem, OnBusy, SessionStatusFilter, TaskStatusFilter
+from openbuda.client._closing import ClosingIterator
 from openbuda.client._computer import Computer
 from openbuda.client._config import Connection, resolve_connection
 from openbuda.client._errors import ApiError
@@ -390,39 +391,19 @@ class Tasks:
         )
 
 
-class EventStream:
+class EventStream(ClosingIterator[Event]):
     """The iterator of ``Sessions.stream``. Use it in a ``with`` block, or iterate it to the
     end, so that its connection is closed."""
 
     def __init__(self, client: Client, state: StreamState) -> None:
         self._client = client
         self.state = state
-        self._events = self._run()
+        self._items = self._run()
 
     @property
     def last_seq(self) -> int | None:
         """The ``seq`` of the last stored event yielded (or the ``after`` it started from)."""
         return self.state.last_seq
-
-    def __iter__(self) -> Iterator[Event]:
-        return self._events
-
-    def __next__(self) -> Event:
-        return next(self._events)
-
-    def close(self) -> None:
-        self._events.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _run(self) -> Generator[Event]:
         client, state = self._client, self.state
