@@ -28,6 +28,7 @@ import anyio.abc
 from openbuda.computer import _disk, _network
 from openbuda.computer._bwrap_launch import HostIds, descendants, process_start
 from openbuda.computer._cgroups import Cgroup, CgroupUnavailable, open_cgroup
+from openbuda.computer._procfs import CpuRate
 from openbuda.domain.records import AgentLimits
 from openbuda.ports import SandboxSpec
 
@@ -58,7 +59,7 @@ class Running:
     """Ours to reap; ``None`` when attached to a sandbox another process started."""
     link: _network.InternetLink | None = None
     views: set[tuple[str | None, bool]] = field(default_factory=set[tuple[str | None, bool]])
-    cpu_mark: tuple[float, float] | None = None
+    cpu_rate: CpuRate = field(default_factory=CpuRate)
 
     def alive(self) -> bool:
         return process_start(self.child_pid) == self.child_start

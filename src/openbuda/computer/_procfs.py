@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "listening_ports", "processes_in_group", "rss_bytes", "socket_inodes"]
+__all__ = [
+    "CpuRate",
+    "cpu_seconds",
+    "listening_ports",
+    "processes_in_group",
+    "rss_bytes",
+    "socket_inodes",
+]
 
 _LISTEN = "0A"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -88,3 +96,20 @@ def rss_bytes(pids: Iterable[int]) -> int:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+class CpuRate:
+    """CPU use in percent of one CPU between one reading and the next (0 at the first)."""
+
+    __slots__ = ("_mark",)
+
+    def __init__(self) -> None:
+        self._mark: tuple[float, float] | None = None
+
+    def percent(self, cpu_seconds: float) -> float:
+        now = time.monotonic()
+        percent = 0.0
+        if self._mark is not None and now > self._mark[0]:
+            percent = max(0.0, (cpu_seconds - self._mark[1]) / (now - self._mark[0]) * 100)
+        self._mark = (now, cpu_seconds)
+        return round(percent, 1)

@@ -675,15 +675,10 @@ class BwrapSandbox:
         else:
             pids = await anyio.to_thread.run_sync(descendants, run.pid)
             cpu, memory = cpu_seconds(pids), rss_bytes(pids)
-        now = time.monotonic()
-        percent = 0.0
-        if run.cpu_mark is not None and now > run.cpu_mark[0]:
-            percent = max(0.0, (cpu - run.cpu_mark[1]) / (now - run.cpu_mark[0]) * 100)
-        run.cpu_mark = (now, cpu)
         ports = await anyio.to_thread.run_sync(listening_ports, run.child_pid)
         return SandboxStatus(
             state=self._state,
-            cpu_percent=round(percent, 1),
+            cpu_percent=run.cpu_rate.percent(cpu),
             memory_bytes=memory,
             disk_bytes=disk,
             file_count=count,

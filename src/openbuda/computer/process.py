@@ -28,6 +28,7 @@ from openbuda.computer._hostfs import HostRoot
 from openbuda.computer._layout import ComputerLayout
 from openbuda.computer._paths import Mount, parse_path
 from openbuda.computer._procfs import (
+    CpuRate,
     cpu_seconds,
     listening_ports,
     processes_in_group,
@@ -83,7 +84,7 @@ class ProcessSandbox:
         self._layout = layout
         self._state: SandboxState = "running"
         self._groups: set[int] = set()
-        self._cpu_mark: tuple[float, float] | None = None
+        self._cpu_rate = CpuRate()
         self._tmp = layout.run_dir(spec.agent_id) / "tmp"
         for path in (self._agent_dir, self._space_dir, self._tmp):
             path.mkdir(parents=True, exist_ok=True)
@@ -233,16 +234,10 @@ class ProcessSandbox:
 
     def _status(self) -> SandboxStatus:
         pids = processes_in_group(self._live_groups())
-        now = time.monotonic()
-        cpu = cpu_seconds(pids)
-        percent = 0.0
-        if self._cpu_mark is not None and now > self._cpu_mark[0]:
-            percent = max(0.0, (cpu - self._cpu_mark[1]) / (now - self._cpu_mark[0]) * 100)
-        self._cpu_mark = (now, cpu)
         disk, count = HostRoot(self._agent_dir, "/agent").usage()
         return SandboxStatus(
             state=self._state,
-            cpu_percent=round(percent, 1),
+            cpu_percent=self._cpu_rate.percent(cpu_seconds(pids)),
             memory_bytes=rss_bytes(pids),
             disk_bytes=disk,
             file_count=count,
