@@ -20,8 +20,9 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from openbuda.computer._capture import OutputCapture
+from openbuda.computer._portstream import SocketPortStream
 
-__all__ = ["DaemonClient", "DaemonError", "DaemonGone", "DaemonPortStream", "ExitInfo"]
+__all__ = ["DaemonClient", "DaemonError", "DaemonGone", "ExitInfo"]
 
 SOCKET_NAME: Final = "d.sock"
 _MAX_LINE: Final = 1 << 20
@@ -44,26 +45,6 @@ class ExitInfo:
     code: int
     signal: int | None
     timed_out: bool
-
-
-class DaemonPortStream:
-    """A TCP connection inside the sandbox, spliced by the daemon (a ``PortStream``)."""
-
-    def __init__(self, stream: anyio.abc.SocketStream, buffered: BufferedByteReceiveStream):
-        self._stream = stream
-        self._buffered = buffered
-
-    async def send(self, data: bytes) -> None:
-        await self._stream.send(data)
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            return await self._buffered.receive(max_bytes)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return b""
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class DaemonClient:
@@ -172,7 +153,7 @@ class DaemonClient:
                     timed_out=bool(frame.get("timed_out")),
                 )
 
-    async def connect_port(self, port: int) -> DaemonPortStream | None:
+    async def connect_port(self, port: int) -> SocketPortStream | None:
         """A stream to ``port`` in the sandbox; ``None`` when nothing listens there."""
         stream, buffered = await self._open({"op": "connect", "port": port})
         try:
@@ -185,4 +166,4 @@ class DaemonClient:
             with contextlib.suppress(OSError):
                 await stream.aclose()
             return None
-        return DaemonPortStream(stream, buffered)
+        return SocketPortStream(stream, buffered)

@@ -27,6 +27,7 @@ from openbuda.computer._files import HostFiles
 from openbuda.computer._hostfs import HostRoot
 from openbuda.computer._layout import ComputerLayout
 from openbuda.computer._paths import Mount, parse_path
+from openbuda.computer._portstream import SocketPortStream
 from openbuda.computer._procfs import (
     CpuRate,
     cpu_seconds,
@@ -50,7 +51,7 @@ from openbuda.ports import (
     SandboxView,
 )
 
-__all__ = ["ProcessBackend", "ProcessSandbox", "TcpPortStream"]
+__all__ = ["ProcessBackend", "ProcessSandbox"]
 
 WARNING: Final = (
     "the 'process' computer backend runs agents' commands as plain host processes with NO "
@@ -59,23 +60,6 @@ WARNING: Final = (
 _DRAIN_SECONDS: Final = 0.05
 """After a command exits, how long its output pipes are read for what background children
 still hold open before they are closed."""
-
-
-class TcpPortStream:
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
-
-    async def send(self, data: bytes) -> None:
-        await self._stream.send(data)
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            return await self._stream.receive(max_bytes)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return b""
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class ProcessSandbox:
@@ -225,7 +209,7 @@ class ProcessSandbox:
     async def connect_port(self, port: int) -> PortStream:
         await self.wake()
         try:
-            return TcpPortStream(await anyio.connect_tcp("127.0.0.1", port))
+            return SocketPortStream(await anyio.connect_tcp("127.0.0.1", port))
         except OSError:
             raise Unavailable(f"nothing listens on port {port} in the computer") from None
 
