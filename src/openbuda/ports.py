@@ -17,18 +17,34 @@ Broadcaster
 Clock
     The time, so that tests can move it.
 
+Sandbox
+    An agent's computer (``SandboxBackend.connect``): commands, host-side files, ports, and the
+    working copies of its Drives (``WorkingCopy``).
+
+Drive
+    Metadata through the store's ``DriveReader`` / ``DriveWriter``; content in a ``BlobStore``.
+
 Every protocol has one conformance suite in ``tests/conformance`` that every adapter passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, BinaryIO, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from openbuda.domain.conversation import ModelInput, ModelReply
+from openbuda.domain.drive import Actor, DriveFile, DriveRef, DriveVersion, VersionOp
 from openbuda.domain.events import NewEvent
 from openbuda.domain.records import (
     Agent,
@@ -50,9 +66,13 @@ from openbuda.domain.states import SessionStatus, TaskStatus
 __all__ = [
     "AgentPatch",
     "AnyReadTx",
+    "BlobInfo",
+    "BlobStore",
     "Broadcaster",
     "Clock",
     "ContextProjection",
+    "DriveReader",
+    "DriveWriter",
     "EventReader",
     "EventWriter",
     "ExecRequest",
@@ -67,6 +87,7 @@ __all__ = [
     "ModelClient",
     "NewAgent",
     "NewApiKey",
+    "NewDriveVersion",
     "NewSession",
     "NewTask",
     "OutputCallback",
@@ -90,6 +111,8 @@ __all__ = [
     "TaskChange",
     "TaskWriter",
     "TextDeltaSink",
+    "WorkingCopy",
+    "WorkingFile",
     "WriteTx",
 ]
 
@@ -386,15 +409,95 @@ class KeyWriter(Protocol):
     async def revoke_api_key(self, space_id: str, key_id: str, now: datetime) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class NewDriveVersion:
+    """A version to add to a path: content ``sha256`` (``None``: a tombstone) of ``size`` bytes."""
+
+    path: str
+    """A checked Drive path (``domain.drive.drive_path``)."""
+    op: VersionOp
+    sha256: str | None
+    size: int
+    actor: Actor
+    restored_from: int | None = None
+
+
+class DriveReader(Protocol):
+    """Drive metadata reads; a Drive of another space is simply empty."""
+
+    async def get_drive_file(self, drive: DriveRef, path: str) -> DriveFile | None:
+        """The latest version of ``path`` (tombstones included), ``None`` if it never existed."""
+        ...
+
+    async def list_drive_files(
+        self, drive: DriveRef, prefix: str = "", *, limit: int | None = None
+    ) -> list[DriveFile]:
+        """Live files (no tombstones) whose path starts with ``prefix`` (``""`` or a folder
+        ending in ``/``), ordered by path."""
+        ...
+
+    async def list_drive_versions(
+        self, drive: DriveRef, path: str, *, limit: int = 100, before: int | None = None
+    ) -> list[DriveVersion]:
+        """The versions of ``path``, newest first, only those below version ``before``."""
+        ...
+
+    async def get_drive_version(
+        self, drive: DriveRef, path: str, version: int
+    ) -> DriveVersion | None: ...
+
+    async def drive_changes(
+        self, drive: DriveRef, after_seq: int, *, limit: int = 1000
+    ) -> list[DriveFile]:
+        """Paths whose latest version has ``change_seq > after_seq`` (tombstones included),
+        ordered by ``change_seq``: what a working copy last synced at ``after_seq`` lacks."""
+        ...
+
+    async def drive_seq(self, drive: DriveRef) -> int:
+        """The Drive's latest ``change_seq`` (0 for a Drive never written)."""
+        ...
+
+    async def drive_usage(self, space_id: str) -> int:
+        """Bytes of the live files of every Drive of the space (what its quota counts)."""
+        ...
+
+
+class DriveWriter(Protocol):
+    async def add_drive_version(
+        self, drive: DriveRef, new: NewDriveVersion, now: datetime
+    ) -> DriveVersion:
+        """Append the next version of ``new.path``, taking the Drive's next ``change_seq``.
+
+        Locks the Drive's row first (concurrent writers of one Drive take turns; the lock is
+        held to the end of the transaction), then updates the path's latest version and the
+        Drive's live byte count.
+        """
+        ...
+
+    async def delete_drive(self, drive: DriveRef) -> int:
+        """Forget a Drive's metadata (its agent was deleted); how many paths it had. Blobs stay
+        (other versions may share them)."""
+        ...
+
+
 @runtime_checkable
 class WriteTx(
-    ReadTx, EventReader, KeyReader, EventWriter, SessionWriter, TaskWriter, KeyWriter, Protocol
+    ReadTx,
+    EventReader,
+    KeyReader,
+    DriveReader,
+    EventWriter,
+    SessionWriter,
+    TaskWriter,
+    KeyWriter,
+    DriveWriter,
+    Protocol,
 ):
     """Everything a write transaction can do; see the protocols it combines."""
 
 
 @runtime_checkable
-class AnyReadTx(ReadTx, EventReader, KeyReader, Protocol):
+class AnyReadTx(ReadTx, EventReader, KeyReader, DriveReader, Protocol):
     """Everything a read transaction can do."""
 
 
@@ -596,6 +699,11 @@ class Sandbox(Protocol):
         self, request: ExecRequest, on_output: OutputCallback | None = None
     ) -> ExecResult: ...
     def files(self, view: SandboxView) -> SandboxFiles: ...
+    async def working_copy(self, mount: Literal["agent", "space"]) -> WorkingCopy:
+        """Host access to the Drive working copy at ``/agent`` or ``/space`` (for change
+        detection and for applying Drive writes); wakes the computer (its disk is mounted)."""
+        ...
+
     async def connect_port(self, port: int) -> PortStream:
         """``Unavailable`` when nothing listens on ``port``."""
         ...
@@ -623,3 +731,77 @@ class SandboxBackend(Protocol):
     async def aclose(self) -> None:
         """Stop every computer this backend started in this process."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Drive content (ARCHITECTURE §7)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    sha256: str
+    """Lower-case hex."""
+    size: int
+
+
+class BlobStore(Protocol):
+    """Content addressed by its sha256: immutable, stored once however often it is written.
+
+    ``put`` streams: it hashes while it writes and never holds a whole file in memory. Content
+    becomes visible under its sha256 only once complete, so a writer killed half-way leaves no
+    blob (and the metadata that would name it is written after ``put`` returns).
+    """
+
+    async def put(self, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> BlobInfo:
+        """Store the content; ``TooLarge`` (nothing kept) once it passes ``max_bytes``."""
+        ...
+
+    def open(self, sha256: str, *, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """The content in chunks; ``NotFound`` (on the first step) when it is not stored."""
+        ...
+
+    async def read(self, sha256: str, *, max_bytes: int | None = None) -> bytes:
+        """The whole content (small blobs: diffs, memory); ``TooLarge`` past ``max_bytes``."""
+        ...
+
+    async def exists(self, sha256: str) -> bool: ...
+    async def delete(self, sha256: str) -> bool:
+        """Remove the content (garbage collection); whether it was there."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingFile:
+    """What change detection compares between two scans of a working copy."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+class WorkingCopy(Protocol):
+    """Host-side access to a Drive's working copy in a computer (``/agent`` or ``/space``).
+
+    Blocking calls: run them in a worker thread. Paths are Drive paths (relative). Nothing
+    follows a symlink: a link the agent made is neither read nor replaced through.
+    """
+
+    def scan(self) -> dict[str, WorkingFile]:
+        """Every regular file below the root (symlinks, devices, FIFOs are skipped)."""
+        ...
+
+    def stat(self, path: str) -> WorkingFile | None:
+        """The regular file at ``path``; ``None`` when missing or not a regular file."""
+        ...
+
+    def open_read(self, path: str) -> BinaryIO:
+        """The regular file at ``path`` for reading (``FileNotFoundError`` otherwise)."""
+        ...
+
+    def replace(self, path: str, chunks: Iterable[bytes]) -> WorkingFile:
+        """Atomically replace (or create) the file, creating parent folders."""
+        ...
+
+    def remove(self, path: str) -> bool: ...

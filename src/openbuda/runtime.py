@@ -13,7 +13,9 @@ the computers it started and closes the store.
 The agents' computers come from ``sandbox`` (default: ``open_backend(settings)``, opened on
 first use, so that a process that never runs a command never probes for bubblewrap). Without
 ``tools=`` the agents get the built-in computer tools (``shell``, ``read_file`` …); a caller that
-passes its own registry decides alone.
+passes its own registry decides alone. Drive content goes to ``blobs`` (default:
+``open_blob_store(settings)``, a local directory unless ``drive_blobs`` names S3); without
+``memory=`` each task reads the agent's ``MEMORY.md`` from its Drive.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ import anyio
 from openbuda.clock import SystemClock
 from openbuda.computer import Computers, open_backend
 from openbuda.computer.tools import computer_tools
+from openbuda.drive.blobs import open_blob_store
+from openbuda.drive.memory import DriveMemory, RememberTool
 from openbuda.engine.broadcaster import InProcessBroadcaster
 from openbuda.engine.loop import EngineDeps, MemoryReader
 from openbuda.engine.organizer import Organizer
 from openbuda.engine.tools import ToolRegistry
 from openbuda.models import resolve_model
 from openbuda.ports import (
+    BlobStore,
     Clock,
     ModelClient,
     Sandbox,
@@ -44,10 +49,12 @@ from openbuda.ports import (
 from openbuda.service import (
     AgentService,
     ComputerService,
+    DriveService,
     ServiceDeps,
     SessionService,
     TaskService,
 )
+from openbuda.service.drive import DriveLimits
 from openbuda.settings import Settings
 from openbuda.stores import open_store
 
@@ -109,6 +116,9 @@ class Runtime:
     """The agents' computers used by this process (one sandbox per agent)."""
     computer: ComputerService
     """Members at an agent's computer: status, exec, sleep/wake/restart, previews."""
+    drive: DriveService
+    """The Agent and Space Drives: files, versions, history, diff, restore, saved sessions."""
+    blobs: BlobStore
 
     @classmethod
     def build(
@@ -122,31 +132,37 @@ class Runtime:
         memory: MemoryReader | None = None,
         worker_id: str | None = None,
         sandbox: SandboxBackend | None = None,
+        blobs: BlobStore | None = None,
     ) -> Runtime:
         """Wire the parts around an open ``store`` (nothing starts running)."""
         clock = clock or SystemClock()
         broadcaster = InProcessBroadcaster()
         backend = sandbox or LazyBackend(lambda: open_backend(settings))
         computers = Computers(backend, check_seconds=settings.computer_sleep_check_seconds)
+        blobs = blobs or open_blob_store(settings)
+        deps = ServiceDeps(store, clock, broadcaster, on_agent_deleted=computers.forget)
+        drive = DriveService(
+            deps, blobs, DriveLimits(settings.drive_max_file_bytes, settings.drive_quota_bytes)
+        )
         if tools is None:
-            tools = ToolRegistry(computer_tools(computers))
+            tools = ToolRegistry([*computer_tools(computers), RememberTool(drive)])
 
         def resolve(spec: str | None) -> ModelClient:
             return resolve_model(spec, settings)
 
         resolver = models or resolve
-        engine = EngineDeps(store, clock, broadcaster, settings, resolver, tools)
-        if memory is not None:
-            engine.memory = memory
-        organizer = Organizer(engine, worker_id=worker_id)
-        deps = ServiceDeps(
+        engine = EngineDeps(
             store,
             clock,
             broadcaster,
-            on_queued=organizer.wake,
-            on_cancelled=organizer.cancel_task,
-            on_agent_deleted=computers.forget,
+            settings,
+            resolver,
+            tools,
+            memory=memory or DriveMemory(drive, settings.memory_max_bytes),
         )
+        organizer = Organizer(engine, worker_id=worker_id)
+        deps.on_queued = organizer.wake
+        deps.on_cancelled = organizer.cancel_task
         return cls(
             settings,
             store,
@@ -158,6 +174,8 @@ class Runtime:
             TaskService(deps),
             computers,
             ComputerService(deps, computers, settings.resolved_secret_key),
+            drive,
+            blobs,
         )
 
     @classmethod
@@ -174,6 +192,7 @@ class Runtime:
         worker_id: str | None = None,
         run_engine: bool = True,
         sandbox: SandboxBackend | None = None,
+        blobs: BlobStore | None = None,
     ) -> AsyncGenerator[Runtime]:
         """Open (and migrate) the store, run the organizer, and clean up on exit.
 
@@ -196,6 +215,7 @@ class Runtime:
                 memory=memory,
                 worker_id=worker_id,
                 sandbox=sandbox,
+                blobs=blobs,
             )
             try:
                 async with anyio.create_task_group() as group:
@@ -208,6 +228,8 @@ class Runtime:
                         group.cancel_scope.cancel()
             finally:
                 await runtime.computers.aclose()  # shielded: every computer started here stops
+                with anyio.CancelScope(shield=True):
+                    await runtime.blobs.aclose()
         finally:
             if own_store:
                 with anyio.CancelScope(shield=True):

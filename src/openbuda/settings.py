@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     ``check``: usage is measured after each command; ``auto``: ``loop`` when root."""
     computer_sleep_check_seconds: float = Field(default=30.0, gt=0)
     """How often idle computers are looked for to put to sleep."""
+    # -- Drive (ARCHITECTURE §7) -----------------------------------------------------------------
+    drive_blobs: str | None = None
+    """Where Drive content lives: a local directory (default ``$OPENBUDA_HOME/drive``) or
+    ``s3://bucket/prefix`` for S3-compatible storage (extra ``s3``; credentials from the usual
+    ``AWS_*`` variables or files)."""
+    drive_s3_endpoint_url: str | None = None
+    """The endpoint of S3-compatible storage other than AWS (MinIO, Ceph, moto…)."""
+    drive_s3_region: str | None = None
+    drive_max_file_bytes: int = Field(default=5 * 1024**3, ge=1)
+    """The largest file one write may store (413 ``too_large`` past it)."""
+    drive_quota_bytes: int | None = Field(default=50 * 1024**3, ge=0)
+    """Bytes of live files each space's Drives may hold together (413 ``quota_exceeded`` past
+    it); ``None``: no quota."""
+    memory_max_bytes: int = Field(default=16 * 1024, ge=256)
+    """How much of ``MEMORY.md`` goes into the context before each task."""
+
     secret_key: str | None = Field(default=None, min_length=16, repr=False)
     """The server's signing key (signed preview links). Default: a random key created once in
     ``$OPENBUDA_HOME/secret.key`` (mode 0600); every API process of a deployment needs the

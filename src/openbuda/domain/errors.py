@@ -44,6 +44,7 @@ __all__ = [
     "NotFound",
     "OpenbudaError",
     "QuestionPending",
+    "QuotaExceeded",
     "RateLimited",
     "SessionBusy",
     "TooLarge",
@@ -120,6 +121,12 @@ class TooLarge(OpenbudaError):
     code = "too_large"
 
 
+class QuotaExceeded(TooLarge):
+    """A Drive write would take the space past its quota (413)."""
+
+    code = "quota_exceeded"
+
+
 class ValidationFailed(OpenbudaError):
     code = "validation_error"
 
@@ -171,6 +178,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "question_pending": 409,
     "invalid_transition": 409,
     "too_large": 413,
+    "quota_exceeded": 413,
     "unsupported_media_type": 415,
     "validation_error": 422,
     "rate_limited": 429,
@@ -190,6 +198,7 @@ _BY_CODE: Final[dict[str, type[OpenbudaError]]] = {
         QuestionPending,
         InvalidTransition,
         TooLarge,
+        QuotaExceeded,
         ValidationFailed,
         RateLimited,
         Unavailable,

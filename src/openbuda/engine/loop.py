@@ -51,7 +51,16 @@ from openbuda.engine.context import (
     estimate_tokens,
     render_for_summary,
 )
-from openbuda.engine.tools import ASK_USER, Tool, ToolContext, ToolOutcome, ToolRegistry, check_args
+from openbuda.engine.tools import (
+    ASK_USER,
+    NoToolHooks,
+    Tool,
+    ToolContext,
+    ToolHooks,
+    ToolOutcome,
+    ToolRegistry,
+    check_args,
+)
 from openbuda.ports import (
     Broadcaster,
     Clock,
@@ -71,7 +80,7 @@ __all__ = ["EngineDeps", "MemoryReader", "TaskRunner"]
 log = logging.getLogger("openbuda.engine")
 
 MemoryReader = Callable[[Agent], Awaitable[str | None]]
-"""Reads the agent's memory index (``MEMORY.md``) before each model call."""
+"""Reads the agent's memory index (``MEMORY.md``) once when a task starts or resumes."""
 
 TOOL_OUTPUT_CAP = 64 * 1024
 _READ_TYPES = frozenset(str(t) for t in CONVERSATION_TYPES)
@@ -90,6 +99,8 @@ class EngineDeps:
     models: Callable[[str | None], ModelClient]
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     memory: MemoryReader = field(default=_no_memory)
+    hooks: ToolHooks = field(default_factory=NoToolHooks)
+    """Around every tool call: the Drive working-copy sync."""
 
 
 class _Stop(Exception):
@@ -154,6 +165,7 @@ class _Run:
         self.tools = deps.tools.for_agent(agent)
         self.tool_specs = deps.tools.specs_for(agent)
         model = deps.models(agent.model)
+        self.memory = await deps.memory(agent)  # once per run: a stable context prefix
         fresh = True  # the events were just read
         while True:
             if not fresh:
@@ -177,7 +189,6 @@ class _Run:
                     f"(the agent's max_steps is {agent.settings.max_steps})",
                 )
             await self._maybe_compact(model)
-            self.memory = await deps.memory(agent)
             request = self._input()
             input_seq = self.last_seq
             reply = await self._call_model(model, request)
@@ -337,7 +348,9 @@ class _Run:
             )
 
         context = ToolContext(self.agent, self.session, self.task.id, call.call_id, emit)
+        hooks = self.deps.hooks
         started = time.perf_counter()
+        await hooks.before_tool(context)
         try:
             outcome = await tool.run(context, call.args)
         except OpenbudaError as error:
@@ -345,8 +358,11 @@ class _Run:
         except Exception as error:  # a tool's bug must not kill the task: the model decides
             log.exception("tool %s failed", call.name)
             outcome = ToolOutcome(f"{type(error).__name__}: {error}", "error")
+        changed = await hooks.after_tool(context)
         duration_ms = int((time.perf_counter() - started) * 1000)
-        await self._result(call, outcome.status, outcome.output, duration_ms, outcome.files)
+        output = outcome.output if changed.note is None else f"{outcome.output}\n\n{changed.note}"
+        files = list(dict.fromkeys((*outcome.files, *changed.written)))
+        await self._result(call, outcome.status, output, duration_ms, files, changed.paths)
 
     async def _result(
         self,
@@ -355,7 +371,10 @@ class _Run:
         output: str,
         duration_ms: int,
         files: Sequence[str] = (),
+        changed: Sequence[str] = (),
     ) -> None:
+        """The call's ``tool.result`` and, when files changed, its ``drive.changed`` (one
+        commit)."""
         data: dict[str, Any] = {
             "call_id": call.call_id,
             "status": status,
@@ -364,7 +383,10 @@ class _Run:
         }
         if files:
             data["files"] = list(files)
-        await self._write([NewEvent(EventType.TOOL_RESULT, data, self.task.id)])
+        events = [NewEvent(EventType.TOOL_RESULT, data, self.task.id)]
+        if changed:
+            events.append(NewEvent(EventType.DRIVE_CHANGED, {"paths": list(changed)}, self.task.id))
+        await self._write(events)
 
     async def _ask_user(self, call: ToolCall) -> None:
         args = call.args

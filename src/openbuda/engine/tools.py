@@ -17,8 +17,11 @@ from openbuda.domain.records import Agent, Session
 __all__ = [
     "ASK_USER",
     "ASK_USER_SPEC",
+    "FilesChanged",
+    "NoToolHooks",
     "Tool",
     "ToolContext",
+    "ToolHooks",
     "ToolOutcome",
     "ToolRegistry",
     "check_args",
@@ -75,6 +78,38 @@ class ToolOutcome:
     status: Literal["ok", "error"] = "ok"
     files: tuple[str, ...] = ()
     """Drive paths the call changed (listed in the task's result)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilesChanged:
+    """What a tool call changed in the Drives' working copies (found after it ran)."""
+
+    paths: tuple[str, ...] = ()
+    """Every changed path (``/agent/…``, ``/space/…``): the ``drive.changed`` event."""
+    written: tuple[str, ...] = ()
+    """Those that hold a file now: listed in the task's result."""
+    note: str | None = None
+    """Something the model must know (changes that could not be saved), added to the output."""
+
+
+class ToolHooks(Protocol):
+    """Runs around every tool call but ``ask_user``: Drive's working-copy sync (``drive.sync``).
+
+    ``before_tool`` brings writes made elsewhere (the API) into the computer's files;
+    ``after_tool`` turns what the call changed there into versions. Neither may fail the task:
+    they raise nothing the loop has to handle but ``LeaseLost``/cancellation.
+    """
+
+    async def before_tool(self, context: ToolContext) -> None: ...
+    async def after_tool(self, context: ToolContext) -> FilesChanged: ...
+
+
+class NoToolHooks:
+    async def before_tool(self, context: ToolContext) -> None:
+        return None
+
+    async def after_tool(self, context: ToolContext) -> FilesChanged:
+        return FilesChanged()
 
 
 class Tool(Protocol):

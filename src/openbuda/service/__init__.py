@@ -3,6 +3,7 @@
 from openbuda.service.agents import AgentService
 from openbuda.service.computer import ComputerService
 from openbuda.service.deps import ServiceDeps
+from openbuda.service.drive import DriveService
 from openbuda.service.sessions import MessageAccepted, SessionService
 from openbuda.service.tasks import Answer, TaskService
 
@@ -10,6 +11,7 @@ __all__ = [
     "AgentService",
     "Answer",
     "ComputerService",
+    "DriveService",
     "MessageAccepted",
     "ServiceDeps",
     "SessionService",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from openbuda.domain.drive import DriveRef
 from openbuda.domain.errors import NotFound, ValidationFailed
 from openbuda.domain.principal import Principal
 from openbuda.domain.records import Agent, AgentSettings, Role
@@ -94,4 +95,5 @@ class AgentService:
         async with self._deps.store.write() as tx:
             if not await tx.delete_agent(principal.space_id, agent_id):
                 raise NotFound.of("agent", agent_id)
+            await tx.delete_drive(DriveRef(principal.space_id, agent_id))
         await self._deps.on_agent_deleted(agent_id)
