@@ -36,7 +36,18 @@ BACKENDS = [
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
 _DATABASE_PREFIX = "openbuda_test_"
-TABLES = ("events", "tasks", "sessions", "agents", "api_keys", "members", "spaces")
+TABLES = (
+    "drive_versions",
+    "drive_files",
+    "drives",
+    "events",
+    "tasks",
+    "sessions",
+    "agents",
+    "api_keys",
+    "members",
+    "spaces",
+)
 
 T = TypeVar("T")
 

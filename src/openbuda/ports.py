@@ -463,6 +463,11 @@ class DriveReader(Protocol):
 
 
 class DriveWriter(Protocol):
+    async def lock_drive(self, drive: DriveRef) -> None:
+        """Take the Drive's row lock (creating the row) for the rest of the transaction, so
+        that checks made before ``add_drive_version`` (same content, quota) stay true."""
+        ...
+
     async def add_drive_version(
         self, drive: DriveRef, new: NewDriveVersion, now: datetime
     ) -> DriveVersion:

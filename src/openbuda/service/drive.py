@@ -391,6 +391,7 @@ class DriveService:
         """
         now = self._deps.clock.now()
         async with self._deps.store.write() as tx:
+            await tx.lock_drive(drive)
             current = await tx.get_drive_file(drive, path)
             if blob is None and (current is None or current.deleted) and not missing_ok:
                 raise NotFound(f"no {path!r} in this Drive", details={"path": path})

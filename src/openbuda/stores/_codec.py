@@ -15,6 +15,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from openbuda.domain.drive import Actor, DriveFile, DriveVersion
 from openbuda.domain.errors import InvalidRequest
 from openbuda.domain.events import CONVERSATION_TYPES
 from openbuda.domain.records import (
@@ -37,7 +38,10 @@ from openbuda.stores._connections import AnyRow
 __all__ = [
     "agent_from_row",
     "api_key_from_row",
+    "check_limit",
     "decode_cursor",
+    "drive_file_from_row",
+    "drive_version_from_row",
     "dump_json",
     "encode_cursor",
     "event_from_row",
@@ -72,6 +76,12 @@ def token_estimate(event_type: str, serialized_data: str) -> int:
     if event_type in _CONVERSATION_TYPE_NAMES:
         return len(serialized_data) // 4 + 1
     return 0
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a list ``limit`` below 1 (``InvalidRequest``)."""
+    if limit < 1:
+        raise InvalidRequest(f"limit must be at least 1, not {limit!r}", details={"limit": limit})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,4 +225,34 @@ def event_from_row(row: AnyRow) -> Event:
         at=row.at,
         data=load_json(row.data),
         task_id=row.task_id,
+    )
+
+
+def drive_file_from_row(row: AnyRow) -> DriveFile:
+    return DriveFile(
+        path=row.path,
+        version=row.version,
+        sha256=row.sha256,
+        size=row.size,
+        updated_at=row.updated_at,
+        change_seq=row.change_seq,
+    )
+
+
+def drive_version_from_row(row: AnyRow) -> DriveVersion:
+    return DriveVersion(
+        path=row.path,
+        version=row.version,
+        op=row.op,
+        sha256=row.sha256,
+        size=row.size,
+        actor=Actor(
+            member_id=row.member_id,
+            agent_id=row.agent_id,
+            task_id=row.task_id,
+            session_id=row.session_id,
+        ),
+        at=row.at,
+        change_seq=row.change_seq,
+        restored_from=row.restored_from,
     )

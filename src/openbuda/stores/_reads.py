@@ -1,4 +1,5 @@
-"""Reads of the SQL store (``ReadTx``, ``EventReader``, ``KeyReader``), scoped by ``space_id``.
+"""Reads of the SQL store (``ReadTx``, ``EventReader``, ``KeyReader``, and ``DriveReader`` from
+``_drive``), scoped by ``space_id``.
 
 ``SqlReadTx`` runs statements on one connection inside a transaction (``_connections``); the write transaction extends
 it. An id of another space is simply not found: every statement filters on ``space_id``.
@@ -11,13 +12,13 @@ from typing import Any, Final
 
 from sqlalchemy import Executable, select
 
-from openbuda.domain.errors import InvalidRequest
 from openbuda.domain.records import Agent, ApiKey, Event, Member, Role, Session, Space, Task
 from openbuda.domain.states import SessionStatus, TaskStatus
 from openbuda.ports import ContextProjection, ListSessions, ListTasks, Page, ReadEvents
 from openbuda.stores._codec import (
     agent_from_row,
     api_key_from_row,
+    check_limit,
     decode_cursor,
     encode_cursor,
     event_from_row,
@@ -26,6 +27,7 @@ from openbuda.stores._codec import (
     task_from_row,
 )
 from openbuda.stores._connections import Parameters, Rows, StatementRunner
+from openbuda.stores._drive import DriveReads
 from openbuda.stores._queries import (
     AGENT_IDLE_TIMEOUT,
     SESSION_BY_ID,
@@ -71,12 +73,7 @@ _SESSION_CURSOR: Final = "ses"
 _TASK_CURSOR: Final = "tsk"
 
 
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise InvalidRequest(f"limit must be at least 1, not {limit!r}", details={"limit": limit})
-
-
-class SqlReadTx:
+class SqlReadTx(DriveReads):
     """The read primitives over one connection in a transaction."""
 
     def __init__(self, runner: StatementRunner, traits: DialectTraits) -> None:
@@ -97,7 +94,7 @@ class SqlReadTx:
         return None if row is None else agent_from_row(row)
 
     async def list_agents(self, space_id: str, limit: int, cursor: str | None) -> Page[Agent]:
-        _check_limit(limit)
+        check_limit(limit)
         statement = select(agents).where(agents.c.space_id == space_id)
         if cursor is not None:
             moment, agent_id = decode_cursor(_AGENT_CURSOR, cursor)
@@ -121,7 +118,7 @@ class SqlReadTx:
         return None if row is None else session_from_row(row, now)
 
     async def list_sessions(self, request: ListSessions) -> Page[Session]:
-        _check_limit(request.limit)
+        check_limit(request.limit)
         position = None
         if request.cursor is not None:
             position = decode_cursor(_SESSION_CURSOR, request.cursor)
@@ -165,7 +162,7 @@ class SqlReadTx:
         return None if row is None else task_from_row(row)
 
     async def list_tasks(self, request: ListTasks) -> Page[Task]:
-        _check_limit(request.limit)
+        check_limit(request.limit)
         statement = select(tasks).where(tasks.c.space_id == request.space_id)
         if request.status is not None:
             statement = statement.where(tasks.c.status == request.status.value)

@@ -1,7 +1,7 @@
 """The write transaction of the SQL store: the event log, its context projection, sessions.
 
-``SqlWriteTx`` adds these to the account writes (``_accounts``), the task writes (``_tasks``)
-and the reads (``_reads``).
+``SqlWriteTx`` adds these to the account writes (``_accounts``), the task writes (``_tasks``),
+the Drive writes (``_drive``) and the reads (``_reads``).
 
 ``append`` is the hot path of the agent loop. It allocates seqs with one
 ``UPDATE sessions SET last_seq = last_seq + :n … RETURNING last_seq`` and inserts the new rows
@@ -26,6 +26,7 @@ from openbuda.domain.states import derive_session_status
 from openbuda.ports import ContextProjection, Fence, NewSession
 from openbuda.stores._accounts import AccountWrites
 from openbuda.stores._codec import dump_json, session_from_row, token_estimate
+from openbuda.stores._drive import DriveWrites
 from openbuda.stores._queries import AGENT_IDLE_TIMEOUT, SESSION_FOR_UPDATE, p_int, p_str, p_time
 from openbuda.stores._tasks import FENCE_CHECK
 from openbuda.stores.schema import events, sessions, tasks
@@ -62,7 +63,7 @@ _PUT_CONTEXT: Final = (
 )
 
 
-class SqlWriteTx(AccountWrites):
+class SqlWriteTx(DriveWrites, AccountWrites):
     """Everything ``WriteTx`` can do, over one write transaction."""
 
     # -- events -----------------------------------------------------------------------------

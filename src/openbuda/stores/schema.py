@@ -15,7 +15,7 @@ The Alembic revisions in ``migrations/versions`` create exactly this schema;
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -35,14 +35,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from openbuda.domain.drive import VersionOp
 from openbuda.domain.records import Role
 from openbuda.domain.states import TaskStatus
 
 __all__ = [
     "ID_LENGTH",
+    "PATH_HEAD_CHARS",
     "UtcDateTime",
     "agents",
     "api_keys",
+    "drive_files",
+    "drive_versions",
+    "drives",
     "events",
     "members",
     "metadata",
@@ -53,6 +58,10 @@ __all__ = [
 
 ID_LENGTH: Final = 40
 """Room for ``<prefix>_<26 chars>`` ids and for caller-chosen ids of similar size."""
+PATH_HEAD_CHARS: Final = 512
+"""Characters of a Drive path kept in the indexed ``path_head``: at most 2,048 UTF-8 bytes, so
+an index entry stays under PostgreSQL's b-tree limit (about 2,700 bytes) that a whole path of
+up to 4,096 bytes would exceed."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -94,6 +103,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 _ROLE_CHECK: Final = "role IN (" + ", ".join(f"'{role.value}'" for role in Role) + ")"
+_OP_CHECK: Final = "op IN (" + ", ".join(f"'{op}'" for op in get_args(VersionOp)) + ")"
 
 
 def _id(name: str, *args: Any, **kwargs: Any) -> Column[str]:
@@ -102,6 +112,12 @@ def _id(name: str, *args: Any, **kwargs: Any) -> Column[str]:
 
 def _time(name: str, *, nullable: bool = False) -> Column[datetime]:
     return Column(name, UtcDateTime(), nullable=nullable)
+
+
+def _path(name: str) -> Column[str]:
+    """Text compared byte by byte on both dialects (SQLite's ``BINARY``, PostgreSQL's ``"C"``),
+    which for UTF-8 is code point order, the order of Python strings."""
+    return Column(name, Text().with_variant(Text(collation="C"), "postgresql"), nullable=False)
 
 
 metadata: Final = MetaData(
@@ -238,3 +254,72 @@ events: Final = Table(
 The only index is the primary key: every read is a range of one session's seqs (also the reads
 of one task's events, which start after a recent seq). Event ids are time-ordered and random;
 nothing looks an event up by id, so no index pays for one."""
+
+drives: Final = Table(
+    "drives",
+    metadata,
+    _id("space_id", nullable=False),
+    _id("drive", nullable=False),
+    Column("last_seq", Integer, nullable=False),
+    Column("live_bytes", BigInteger, nullable=False),
+    Column("live_files", Integer, nullable=False),
+    PrimaryKeyConstraint("space_id", "drive"),
+)
+"""A Drive (``drive`` is ``DriveRef.key``: an agent's id or ``"space"``), created by its first
+version. ``last_seq`` allocates the Drive-wide ``change_seq``; updating it locks the row, which
+serialises the Drive's writers. ``live_bytes`` and ``live_files`` count the latest versions that
+are not tombstones (the quota sums ``live_bytes``). No foreign keys: a Drive's rows outlive
+nothing they name, and ``delete_drive`` removes them."""
+
+drive_files: Final = Table(
+    "drive_files",
+    metadata,
+    _id("space_id", nullable=False),
+    _id("drive", nullable=False),
+    Column("path_hash", String(64), nullable=False),
+    _path("path"),
+    _path("path_head"),
+    Column("version", Integer, nullable=False),
+    Column("sha256", String(64), nullable=True),
+    Column("size", BigInteger, nullable=False),
+    _time("updated_at"),
+    Column("change_seq", Integer, nullable=False),
+    PrimaryKeyConstraint("space_id", "drive", "path_hash"),
+    Index(None, "space_id", "drive", "change_seq"),
+    Index(None, "space_id", "drive", "path_head"),
+)
+"""The latest version of each path of a Drive (``sha256`` ``None``: a tombstone).
+
+Paths may be 4,096 bytes long, too long for a b-tree entry on PostgreSQL; rows are keyed by
+``path_hash`` (hex sha256 of the UTF-8 path) and listed in path order through ``path_head``,
+the first ``PATH_HEAD_CHARS`` characters of the path (ordering by ``(path_head, path)`` is
+ordering by ``path``)."""
+
+drive_versions: Final = Table(
+    "drive_versions",
+    metadata,
+    _id("space_id", nullable=False),
+    _id("drive", nullable=False),
+    Column("path_hash", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("op", String(8), nullable=False),
+    Column("sha256", String(64), nullable=True),
+    Column("size", BigInteger, nullable=False),
+    _id("member_id", nullable=True),
+    _id("agent_id", nullable=True),
+    _id("task_id", nullable=True),
+    _id("session_id", nullable=True),
+    Column("restored_from", Integer, nullable=True),
+    _time("at"),
+    Column("change_seq", Integer, nullable=False),
+    PrimaryKeyConstraint("space_id", "drive", "path_hash", "version"),
+    CheckConstraint(_OP_CHECK, name="op"),
+    CheckConstraint(
+        "(op <> 'write' OR sha256 IS NOT NULL) AND (op <> 'delete' OR sha256 IS NULL)",
+        name="content",
+    ),
+)
+"""Every version of every path, numbered per path from 1. Who made it (``member_id``, or
+``agent_id`` with ``task_id`` and ``session_id``) is kept without foreign keys, so the history
+survives the deletion of the member, session or task."""
