@@ -30,6 +30,7 @@ Every protocol has one conformance suite in ``tests/conformance`` that every ada
 from __future__ import annotations
 
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -761,8 +762,9 @@ class BlobStore(Protocol):
         """Store the content; ``TooLarge`` (nothing kept) once it passes ``max_bytes``."""
         ...
 
-    def open(self, sha256: str, *, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-        """The content in chunks; ``NotFound`` (on the first step) when it is not stored."""
+    def open(self, sha256: str, *, chunk_size: int = 1024 * 1024) -> AsyncGenerator[bytes]:
+        """The content in chunks; ``NotFound`` (on the first step) when it is not stored.
+        Close it (``aclose``) when stopping early: it holds a file or a connection."""
         ...
 
     async def read(self, sha256: str, *, max_bytes: int | None = None) -> bytes:

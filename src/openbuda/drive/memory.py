@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Final
 
 import anyio
@@ -64,7 +64,7 @@ class DriveMemory:
         return text
 
 
-async def _head(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+async def _head(chunks: AsyncGenerator[bytes], limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
@@ -74,9 +74,7 @@ async def _head(chunks: AsyncIterator[bytes], limit: int) -> bytes:
             if size >= limit:
                 break
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await chunks.aclose()
     return b"".join(parts)
 
 

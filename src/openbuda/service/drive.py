@@ -13,7 +13,7 @@ directly. Quotas count the live bytes of every Drive of a space (``Settings.driv
 from __future__ import annotations
 
 import difflib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
@@ -175,7 +175,7 @@ class DriveService:
 
     async def open(
         self, drive: DriveRef, path: str, version: int | None = None
-    ) -> tuple[DriveVersion, AsyncIterator[bytes]]:
+    ) -> tuple[DriveVersion, AsyncGenerator[bytes]]:
         """A version and its content as a stream of chunks."""
         found = await self.version(drive, path, version)
         assert found.sha256 is not None
