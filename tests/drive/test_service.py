@@ -205,6 +205,10 @@ async def test_size_limit_and_space_quota(harness: Harness) -> None:
 
     await drive.write(ref, "a", iterate_bytes(b"a" * 100), who)
     await drive.write(ref, "b", iterate_bytes(b"b" * 100), who)
+    # replacing a file counts only the difference, also in the early check
+    await drive.write(ref, "b", iterate_bytes(b"B" * 100), who, size_hint=100)
+    with pytest.raises(QuotaExceeded):
+        await drive.write(ref, "c", iterate_bytes(b"C" * 100), who, size_hint=100)
     with pytest.raises(QuotaExceeded) as caught:
         await drive.write(ref, "c", iterate_bytes(b"c" * 100), who)
     assert caught.value.details["quota_bytes"] == 250

@@ -37,7 +37,7 @@ from openbuda.api.idempotency import IdempotencyCache
 from openbuda.api.limits import BodyLimitMiddleware, RateLimiter
 from openbuda.api.metrics import CONTENT_TYPE, Metrics
 from openbuda.api.observe import Observer, tracer_provider_from
-from openbuda.api.routes import agents, computer, identity, sessions, stream, tasks
+from openbuda.api.routes import agents, computer, drive, identity, sessions, stream, tasks
 from openbuda.computer.tools import computer_tools
 from openbuda.engine.loop import MemoryReader
 from openbuda.engine.tools import Tool, ToolRegistry
@@ -51,6 +51,7 @@ __all__ = ["create_app"]
 
 PREFIX: Final = "/v1"
 _IMPORT_ROUTE: Final = re.compile(r"^/v1/agents/[^/]+/sessions/?$")
+_DRIVE_UPLOAD: Final = re.compile(r"^/v1/(agents/[^/]+|space)/drive/files/")
 
 _DESCRIPTION = """\
 openbuda runs AI agents in isolated **sessions** that carry out durable **tasks**.
@@ -158,11 +159,12 @@ def create_app(
         limit=settings.max_body_bytes,
         large_limit=settings.max_import_body_bytes,
         large_route=lambda method, path: method == "POST" and bool(_IMPORT_ROUTE.match(path)),
+        streamed_route=lambda method, path: method == "PUT" and bool(_DRIVE_UPLOAD.match(path)),
     )
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
 
     app.include_router(identity.health_router)
-    for module in (identity, agents, sessions, stream, tasks, computer):
+    for module in (identity, agents, sessions, stream, tasks, computer, drive):
         app.include_router(module.router)
 
     if settings.metrics_enabled:

@@ -55,7 +55,9 @@ class BodyLimitMiddleware:
     """Refuse request bodies over the limit with 413 ``too_large``, before any parsing.
 
     The body is read (up to the limit) here and handed on in one piece, so a client that lies
-    in ``Content-Length`` or sends chunks without one is held to the same limit.
+    in ``Content-Length`` or sends chunks without one is held to the same limit. Routes for
+    which ``streamed_route(method, path)`` holds (Drive uploads) get the body as it arrives and
+    apply their own limits.
     """
 
     def __init__(
@@ -65,11 +67,13 @@ class BodyLimitMiddleware:
         limit: int,
         large_limit: int,
         large_route: Callable[[str, str], bool],
+        streamed_route: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.app = app
         self.limit = limit
         self.large_limit = large_limit
         self.large_route = large_route
+        self.streamed_route = streamed_route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +81,9 @@ class BodyLimitMiddleware:
             return
         method: str = scope["method"]
         path: str = scope["path"]
+        if self.streamed_route is not None and self.streamed_route(method, path):
+            await self.app(scope, receive, send)
+            return
         limit = self.large_limit if self.large_route(method, path) else self.limit
         declared = _content_length(scope)
         if declared is not None and declared > limit:

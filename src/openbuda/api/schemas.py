@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from openbuda.api._json import rfc3339
 from openbuda.api.limits import check_clean
+from openbuda.domain.drive import MAX_PATH_BYTES, DriveFile, DriveVersion
 from openbuda.domain.records import (
     Agent,
     AgentSettings,
@@ -37,6 +38,7 @@ from openbuda.service.computer import (
     MAX_LINK_SECONDS,
     ComputerStatus,
 )
+from openbuda.service.drive import DriveDiff, DriveEntry
 from openbuda.service.keys import MAX_KEY_DAYS, CreatedKey
 from openbuda.service.sessions import HISTORY_LIMIT, MessageAccepted, MessageItem, OnBusy
 
@@ -50,6 +52,10 @@ __all__ = [
     "ApiKeyCreated",
     "ApiKeyOut",
     "ComputerStatusOut",
+    "DriveDiffOut",
+    "DriveEntryOut",
+    "DriveRestore",
+    "DriveVersionOut",
     "EventOut",
     "ExecCreate",
     "ExecResultOut",
@@ -66,6 +72,7 @@ __all__ = [
     "QuestionOut",
     "SessionCreate",
     "SessionOut",
+    "SessionSave",
     "SessionUpdate",
     "SpaceCreate",
     "SpaceCreatedOut",
@@ -76,6 +83,10 @@ __all__ = [
     "api_key_json",
     "computer_status_json",
     "created_key_json",
+    "drive_diff_json",
+    "drive_entry_json",
+    "drive_file_json",
+    "drive_version_json",
     "event_json",
     "exec_result_json",
     "merged_settings",
@@ -523,4 +534,112 @@ def exec_result_json(result: ExecResult) -> dict[str, Any]:
         "limit": result.limit,
         "stdout_bytes": result.stdout_bytes,
         "stderr_bytes": result.stderr_bytes,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Drive (API.md, Drive)
+
+
+class DriveRestore(RequestBody):
+    version: int = Field(ge=1, le=INT32_MAX, description="The version whose content comes back.")
+
+
+class SessionSave(RequestBody):
+    path: str = Field(
+        min_length=1,
+        max_length=4 * MAX_PATH_BYTES,  # characters; the Drive checks the bytes (400)
+        description="Where in the Drive, e.g. `notes/session.md`.",
+    )
+    drive: Literal["agent", "space"] = Field(
+        default="agent", description="The session's Agent Drive (default) or the Space Drive."
+    )
+    task_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Save this task's result with its files listed instead of the transcript.",
+    )
+
+
+class DriveEntryOut(BaseModel):
+    path: str
+    kind: Literal["file", "dir"]
+    size: int = Field(description="Bytes; for a folder, the total of the files below it.")
+    sha256: str | None = Field(description="The content's hash (null for folders and deletions).")
+    version: int | None = Field(description="The latest version (null for folders).")
+    updated_at: datetime
+    deleted: bool = Field(description="The latest version is a deletion (a tombstone).")
+
+
+class DriveVersionOut(BaseModel):
+    path: str
+    version: int
+    op: Literal["write", "delete", "restore"]
+    sha256: str | None = Field(description="null for a deletion.")
+    size: int
+    at: datetime
+    restored_from: int | None = Field(description="For a restore: the version it brought back.")
+    member_id: str | None = Field(description="The member who made it (API, CLI, web).")
+    agent_id: str | None = Field(description="The agent who made it, with its task and session.")
+    task_id: str | None
+    session_id: str | None
+
+
+class DriveDiffOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    path: str
+    from_: int = Field(alias="from")
+    to: int
+    binary: bool
+    diff: str = Field(
+        description="A unified diff (empty for the same text); for binary or very large "
+        "versions, a sentence saying so."
+    )
+
+
+def drive_entry_json(entry: DriveEntry) -> dict[str, Any]:
+    return {
+        "path": entry.path,
+        "kind": entry.kind,
+        "size": entry.size,
+        "sha256": entry.sha256,
+        "version": entry.version,
+        "updated_at": rfc3339(entry.updated_at),
+        "deleted": False,
+    }
+
+
+def drive_file_json(file: DriveFile) -> dict[str, Any]:
+    return {
+        "path": file.path,
+        "kind": "file",
+        "size": file.size,
+        "sha256": file.sha256,
+        "version": file.version,
+        "updated_at": rfc3339(file.updated_at),
+        "deleted": file.deleted,
+    }
+
+
+def drive_version_json(version: DriveVersion) -> dict[str, Any]:
+    return {
+        "path": version.path,
+        "version": version.version,
+        "op": version.op,
+        "sha256": version.sha256,
+        "size": version.size,
+        "at": rfc3339(version.at),
+        "restored_from": version.restored_from,
+        **version.actor.to_json(),
+    }
+
+
+def drive_diff_json(diff: DriveDiff) -> dict[str, Any]:
+    return {
+        "path": diff.path,
+        "from": diff.from_version,
+        "to": diff.to_version,
+        "binary": diff.binary,
+        "diff": diff.diff,
     }

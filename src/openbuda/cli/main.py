@@ -156,10 +156,11 @@ def _redact(url: str) -> str:
 
 def _register_client_commands() -> None:
     """The commands that talk to a server through the SDK (modules of their own)."""
-    from openbuda.cli import agents, chat, computer, sessions, tasks
+    from openbuda.cli import agents, chat, computer, drive, sessions, tasks
 
     app.add_typer(agents.agents_app, name="agents")
     app.add_typer(computer.computer_app, name="computer")
+    app.add_typer(drive.drive_app, name="drive")
     app.add_typer(sessions.sessions_app, name="sessions")
     chat.register(app)
     tasks.register(app)

@@ -1,4 +1,4 @@
-"""``openbuda sessions list|show|rename|delete``."""
+"""``openbuda sessions list|show|rename|delete|save``."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from openbuda.client import Agent, Client, Message, Session
 
 __all__ = ["sessions_app"]
 
-sessions_app = typer.Typer(help="List, show, rename and delete sessions.", no_args_is_help=True)
+sessions_app = typer.Typer(
+    help="List, show, rename, delete sessions, and save them to Drive.", no_args_is_help=True
+)
 
 SessionArgument = Annotated[str, typer.Argument(help="Session id (ses_…).")]
 
@@ -181,3 +183,35 @@ def conversation(client: Client, session_id: str, limit: int) -> list[Message]:
 def _status(session: Session) -> str:
     colour = {"working": "cyan", "waiting": "yellow", "idle": "green"}.get(session.status, "dim")
     return f"[{colour}]{session.status}[/]"
+
+
+@sessions_app.command("save")
+@handle_errors
+def save(
+    session_id: SessionArgument,
+    path: Annotated[str, typer.Argument(help="Where in the Drive, e.g. notes/session.md.")],
+    space: Annotated[
+        bool, typer.Option("--space", help="The Space Drive instead of the agent's Drive.")
+    ] = False,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Save this task's result (with its files) instead."),
+    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Save the session's transcript as Markdown in its agent's Drive (or the Space Drive)."""
+    with Target(url, api_key, home).client() as client:
+        entry = client.sessions.save(
+            session_id, path, drive="space" if space else "agent", task_id=task
+        )
+    if as_json:
+        print_json(entry)
+        return
+    where = "the Space Drive" if space else "the agent's Drive"
+    console.print(
+        f"saved {session_id} to {escape(entry.path)} in {where} (version {entry.version})",
+        highlight=False,
+    )

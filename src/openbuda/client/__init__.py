@@ -18,6 +18,11 @@
 ``client.computer`` reaches an agent's computer: ``status``, ``exec``, ``exec_stream`` (live
 output), ``sleep``/``wake``/``restart`` and ``preview_link`` (a signed URL for a browser).
 
+``client.drive`` reaches the Space Drive and, with ``agent_id=``, an agent's Drive: ``list``,
+``read``, ``iter_bytes``, ``download`` (streamed to a file, its sha256 checked), ``write``
+(bytes or a file object, streamed), ``delete``, ``history``, ``diff`` and ``restore``;
+``client.sessions.save`` keeps a session's transcript there.
+
 ``AsyncClient`` has the same namespaces with ``await`` (and ``async with`` / ``async for`` for
 streams). Both take ``transport=`` (``httpx.ASGITransport(app)``, ``httpx.MockTransport``) for
 tests.
@@ -46,6 +51,14 @@ from openbuda.client._computer import (
     ExecStream,
 )
 from openbuda.client._config import DEFAULT_URL
+from openbuda.client._drive import (
+    AsyncDrive,
+    AsyncDriveBytes,
+    Drive,
+    DriveBytes,
+    DriveName,
+    UploadData,
+)
 from openbuda.client._errors import (
     ApiError,
     ConnectionFailed,
@@ -58,6 +71,10 @@ from openbuda.client._models import (
     AgentSettings,
     ApiKey,
     ComputerStatus,
+    DriveDiff,
+    DriveDownload,
+    DriveEntry,
+    DriveVersion,
     Event,
     ExecOutput,
     ExecResult,
@@ -95,6 +112,8 @@ __all__ = [
     "AsyncApiKeys",
     "AsyncClient",
     "AsyncComputer",
+    "AsyncDrive",
+    "AsyncDriveBytes",
     "AsyncEventStream",
     "AsyncExecStream",
     "AsyncSessions",
@@ -104,6 +123,13 @@ __all__ = [
     "Computer",
     "ComputerStatus",
     "ConnectionFailed",
+    "Drive",
+    "DriveBytes",
+    "DriveDiff",
+    "DriveDownload",
+    "DriveEntry",
+    "DriveName",
+    "DriveVersion",
     "Event",
     "EventStream",
     "ExecItem",
@@ -133,4 +159,5 @@ __all__ = [
     "TaskError",
     "TaskResult",
     "Tasks",
+    "UploadData",
 ]

@@ -22,6 +22,10 @@ __all__ = [
     "AgentSettings",
     "ApiKey",
     "ComputerStatus",
+    "DriveDiff",
+    "DriveDownload",
+    "DriveEntry",
+    "DriveVersion",
     "Event",
     "ExecOutput",
     "ExecResult",
@@ -279,3 +283,56 @@ class PreviewLink(ApiModel):
 
     url: str
     expires_at: datetime
+
+
+class DriveEntry(ApiModel):
+    """A file of a Drive (``kind="file"``), or a folder in a listing (``kind="dir"``: the
+    total size of its files, no ``sha256`` nor ``version``). ``deleted``: the latest version
+    is a deletion (what ``drive.delete`` answers)."""
+
+    path: str
+    kind: Literal["file", "dir"] = "file"
+    size: int = 0
+    sha256: str | None = None
+    version: int | None = None
+    updated_at: datetime | None = None
+    deleted: bool = False
+
+
+class DriveVersion(ApiModel):
+    """One version of a Drive file, and who made it: a member (``member_id``) or an agent
+    (``agent_id`` with its ``task_id`` and ``session_id``)."""
+
+    path: str
+    version: int
+    op: Literal["write", "delete", "restore"]
+    sha256: str | None = None
+    size: int = 0
+    at: datetime | None = None
+    restored_from: int | None = None
+    member_id: str | None = None
+    agent_id: str | None = None
+    task_id: str | None = None
+    session_id: str | None = None
+
+
+class DriveDiff(ApiModel):
+    """A unified diff between two versions (``from_`` is the JSON's ``from``); for binary or
+    very large versions ``diff`` is a sentence saying so."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    path: str
+    from_: int = Field(alias="from")
+    to: int
+    binary: bool = False
+    diff: str = ""
+
+
+class DriveDownload(ApiModel):
+    """What ``drive.download`` wrote: the version, its hash (checked) and its size."""
+
+    path: str
+    version: int
+    sha256: str
+    size: int

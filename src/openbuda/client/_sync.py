@@ -15,12 +15,14 @@ from openbuda.client._calls import Call, HistoryItem, OnBusy, SessionStatusFilte
 from openbuda.client._closing import ClosingIterator
 from openbuda.client._computer import Computer
 from openbuda.client._config import Connection, resolve_connection
+from openbuda.client._drive import Drive, DriveName, session_save
 from openbuda.client._errors import ApiError
 from openbuda.client._http import DEFAULT_TIMEOUT, USER_AGENT, connection_failed, headers_for
 from openbuda.client._http import read_answer as _read
 from openbuda.client._models import (
     Agent,
     ApiKey,
+    DriveEntry,
     Event,
     Health,
     Me,
@@ -82,6 +84,7 @@ class Client:
         self.agents = Agents(self)
         self.sessions = Sessions(self)
         self.tasks = Tasks(self)
+        self.drive = Drive(self)
         self.computer = Computer(self)
 
     @property
@@ -283,6 +286,19 @@ class Sessions:
 
     def delete(self, session_id: str) -> None:
         self._client._call(calls.sessions_delete(session_id))
+
+    def save(
+        self,
+        session_id: str,
+        path: str,
+        *,
+        drive: DriveName | None = None,
+        task_id: str | None = None,
+    ) -> DriveEntry:
+        """Save the session's transcript (or, with ``task_id``, that task's result with its
+        files listed) as Markdown at ``path`` of its agent's Drive (``drive="space"``: the
+        Space Drive); a new version by this key's member."""
+        return self._client._call(session_save(session_id, path, drive, task_id))
 
     def send(
         self,

@@ -383,6 +383,9 @@ class _Run:
         }
         if files:
             data["files"] = list(files)
+        removed = sorted(set(changed) - set(files))
+        if removed:
+            data["removed"] = removed
         events = [NewEvent(EventType.TOOL_RESULT, data, self.task.id)]
         if changed:
             events.append(NewEvent(EventType.DRIVE_CHANGED, {"paths": list(changed)}, self.task.id))
@@ -524,15 +527,12 @@ class _Run:
         ``response``, the reply's ``model.response`` event when it is not stored yet, is
         appended in the same transaction: a final step costs one commit.
         """
-        files = sorted(
-            {
-                str(path)
-                for e in self.events
-                if e.task_id == self.task.id and e.type == EventType.TOOL_RESULT
-                for path in e.data.get("files") or []
-            }
-        )
-        result = TaskResult(reply.text, files)
+        files: set[str] = set()  # written by the task and not deleted by it afterwards
+        for e in self.events:
+            if e.task_id == self.task.id and e.type == EventType.TOOL_RESULT:
+                files.update(str(path) for path in e.data.get("files") or [])
+                files.difference_update(str(path) for path in e.data.get("removed") or [])
+        result = TaskResult(reply.text, sorted(files))
         stored: list[Event] = []
         completed = False
         with anyio.CancelScope(shield=True):

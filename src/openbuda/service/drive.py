@@ -324,16 +324,20 @@ class DriveService:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def check_room(self, drive: DriveRef, size: int) -> None:
-        """Fail early (``TooLarge``/``QuotaExceeded``) when ``size`` more bytes cannot fit."""
+    async def check_room(self, drive: DriveRef, path: str, size: int) -> None:
+        """Fail early (``TooLarge``/``QuotaExceeded``) when ``size`` bytes written to ``path``
+        cannot fit (replacing a file only adds the difference)."""
         if size > self.limits.max_file_bytes:
             raise _too_large(self.limits.max_file_bytes)
         quota = self.limits.quota_bytes
-        if quota is not None:
-            async with self._deps.store.read() as tx:
-                used = await tx.drive_usage(drive.space_id)
-            if used + size > quota:
-                raise _over_quota(quota, used)
+        if quota is None:
+            return
+        async with self._deps.store.read() as tx:
+            used = await tx.drive_usage(drive.space_id)
+            current = await tx.get_drive_file(drive, path)
+        old = 0 if current is None or current.deleted else current.size
+        if size > old and used - old + size > quota:
+            raise _over_quota(quota, used)
 
     async def write(
         self,
@@ -347,7 +351,7 @@ class DriveService:
         """Store the content as the next version of ``path`` (none when it holds it already)."""
         path = drive_path(path)
         if size_hint is not None:
-            await self.check_room(drive, size_hint)
+            await self.check_room(drive, path, size_hint)
         blob = await self.blobs.put(chunks, max_bytes=self.limits.max_file_bytes)
         return await self.commit(drive, path, blob, actor)
 
