@@ -701,6 +701,11 @@ class Sandbox(Protocol):
 
     @property
     def spec(self) -> SandboxSpec: ...
+    @property
+    def state(self) -> SandboxState:
+        """The state as last seen, without measuring anything (``status`` does)."""
+        ...
+
     async def exec(
         self, request: ExecRequest, on_output: OutputCallback | None = None
     ) -> ExecResult: ...

@@ -31,6 +31,7 @@ from openbuda.computer import Computers, open_backend
 from openbuda.computer.tools import computer_tools
 from openbuda.drive.blobs import open_blob_store
 from openbuda.drive.memory import DriveMemory, RememberTool
+from openbuda.drive.sync import DriveSync
 from openbuda.engine.broadcaster import InProcessBroadcaster
 from openbuda.engine.loop import EngineDeps, MemoryReader
 from openbuda.engine.organizer import Organizer
@@ -151,6 +152,8 @@ class Runtime:
             return resolve_model(spec, settings)
 
         resolver = models or resolve
+        sync = DriveSync(drive, computers, settings.resolved_computer_dir())
+        computers.on_connect = sync.connected  # a computer started here syncs before first use
         engine = EngineDeps(
             store,
             clock,
@@ -159,6 +162,7 @@ class Runtime:
             resolver,
             tools,
             memory=memory or DriveMemory(drive, settings.memory_max_bytes),
+            hooks=sync,
         )
         organizer = Organizer(engine, worker_id=worker_id)
         deps.on_queued = organizer.wake
@@ -173,7 +177,7 @@ class Runtime:
             SessionService(deps),
             TaskService(deps),
             computers,
-            ComputerService(deps, computers, settings.resolved_secret_key),
+            ComputerService(deps, computers, settings.resolved_secret_key, sync),
             drive,
             blobs,
         )

@@ -124,7 +124,9 @@ async def world(store: Any, tmp_path: Path) -> AsyncIterator[World]:
 
 async def test_the_runtime_offers_the_computer_tools_by_default(world: World) -> None:
     names = world.runtime.organizer.deps.tools.names()
-    assert names == sorted(["shell", "read_file", "write_file", "edit_file", "list_files"])
+    assert names == sorted(
+        ["shell", "read_file", "write_file", "edit_file", "list_files", "remember"]
+    )
     specs = {tool.spec.name: tool for tool in computer_tools(world.runtime.computers)}
     assert specs["shell"].spec.parameters["required"] == ["command"]
     assert set(specs["shell"].spec.parameters["properties"]) == {"command", "timeout_s"}

@@ -287,6 +287,134 @@ async def test_agents_do_not_share_agent_files(backend: SandboxBackend, sandbox:
 
 
 # ---------------------------------------------------------------------------------------------
+# working copies (Drive's view of /agent and /space)
+
+
+async def test_the_working_copy_scans_what_a_command_wrote(sandbox: Sandbox) -> None:
+    result = await run(
+        sandbox,
+        "mkdir -p notes/deep && printf alpha > notes/deep/a.txt && printf b > b.txt "
+        "&& mkfifo pipe && ln b.txt hard.txt",
+    )
+    assert result.exit_code == 0, result.stderr
+    copy = await sandbox.working_copy("agent")
+    scanned = await anyio.to_thread.run_sync(copy.scan)
+    assert sorted(scanned) == ["b.txt", "hard.txt", "notes/deep/a.txt"]
+    assert scanned["notes/deep/a.txt"].size == 5
+    assert scanned["b.txt"].inode == scanned["hard.txt"].inode
+    assert (
+        await anyio.to_thread.run_sync(copy.stat, "notes/deep/a.txt") == scanned["notes/deep/a.txt"]
+    )
+    assert await anyio.to_thread.run_sync(copy.stat, "pipe") is None
+    assert await anyio.to_thread.run_sync(copy.stat, "notes") is None
+
+    def read(path: str) -> bytes:
+        with copy.open_read(path) as handle:
+            return handle.read()
+
+    assert await anyio.to_thread.run_sync(read, "notes/deep/a.txt") == b"alpha"
+    for path in ("pipe", "notes", "missing.txt"):
+        with pytest.raises(FileNotFoundError):
+            await anyio.to_thread.run_sync(read, path)
+
+
+async def test_the_working_copy_never_follows_a_link(sandbox: Sandbox, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host secret")
+    result = await run(
+        sandbox,
+        f"ln -s /etc/passwd passwd && ln -s / root && ln -s {outside} out "
+        f"&& ln -s {outside}/secret.txt secret.txt && mkdir real && ln -s ../real real/loop",
+    )
+    assert result.exit_code == 0, result.stderr
+    copy = await sandbox.working_copy("agent")
+    assert await anyio.to_thread.run_sync(copy.scan) == {}
+    for path in ("passwd", "secret.txt", "out/secret.txt", "root/etc/passwd"):
+        assert await anyio.to_thread.run_sync(copy.stat, path) is None
+        with pytest.raises(FileNotFoundError):
+            await anyio.to_thread.run_sync(copy.open_read, path)
+    for path in ("root/etc/evil", "out/evil.txt", "secret.txt", "passwd", "real/loop/x"):
+        with pytest.raises(InvalidPath):
+            await anyio.to_thread.run_sync(copy.replace, path, [b"evil"])
+    assert await anyio.to_thread.run_sync(os.listdir, outside) == ["secret.txt"]
+    assert not await anyio.to_thread.run_sync(os.path.lexists, "/etc/evil")
+    assert await anyio.to_thread.run_sync(copy.remove, "secret.txt") is True  # the link only
+    assert await anyio.to_thread.run_sync((outside / "secret.txt").read_text) == "host secret"
+
+
+async def test_the_working_copy_replaces_files_the_sandbox_can_change(
+    backend: SandboxBackend, sandbox: Sandbox
+) -> None:
+    copy = await sandbox.working_copy("agent")
+    written = await anyio.to_thread.run_sync(
+        copy.replace, "made/by/host.txt", [b"from ", b"", b"the host\n"]
+    )
+    assert written.size == len(b"from the host\n")
+    assert await anyio.to_thread.run_sync(copy.stat, "made/by/host.txt") == written
+    result = await run(
+        sandbox,
+        "cat made/by/host.txt && echo more >> made/by/host.txt && touch made/by/new.txt "
+        "&& rm made/by/host.txt made/by/new.txt && rmdir made/by && echo ok",
+    )
+    assert (result.exit_code, result.stdout) == (0, "from the host\nok\n"), result.stderr
+
+    space = await sandbox.working_copy("space")
+    await anyio.to_thread.run_sync(space.replace, "shared/s.txt", [b"for the space\n"])
+    other = await backend.connect(SandboxSpec(space_id="space1", agent_id="agent2"))
+    result = await run(
+        other,
+        "cat shared/s.txt && echo more >> shared/s.txt && touch shared/new.txt && echo ok",
+        cwd="/space",
+    )
+    assert (result.exit_code, result.stdout) == (0, "for the space\nok\n"), result.stderr
+
+
+async def test_the_working_copy_replace_is_atomic(sandbox: Sandbox) -> None:
+    """A writer that fails half-way leaves the previous file as it was (and no temp file)."""
+    copy = await sandbox.working_copy("agent")
+    await anyio.to_thread.run_sync(copy.replace, "kept.txt", [b"previous"])
+
+    def failing() -> Iterator[bytes]:
+        yield b"half of the new"
+        raise RuntimeError("the source failed")
+
+    with pytest.raises(RuntimeError):
+        await anyio.to_thread.run_sync(copy.replace, "kept.txt", failing())
+    assert (await run(sandbox, "cat kept.txt; ls -A | wc -l")).stdout == "previous1\n"
+
+
+async def test_the_working_copy_removes_files(sandbox: Sandbox) -> None:
+    await run(sandbox, "mkdir -p dir && echo x > dir/x.txt && echo y > y.txt")
+    copy = await sandbox.working_copy("agent")
+    assert await anyio.to_thread.run_sync(copy.remove, "dir/x.txt") is True
+    assert await anyio.to_thread.run_sync(copy.remove, "dir/x.txt") is False
+    assert await anyio.to_thread.run_sync(copy.remove, "dir") is False  # never a folder
+    assert (await run(sandbox, "ls -A; ls -A dir")).stdout == "dir\ny.txt\n"
+    assert sorted(await anyio.to_thread.run_sync(copy.scan)) == ["y.txt"]
+
+
+async def test_the_working_copy_skips_names_drive_cannot_hold(sandbox: Sandbox) -> None:
+    result = await run(
+        sandbox,
+        "touch ok.txt \"$(printf 'bad\\001')\" \"$(printf 'latin\\351.txt')\" "
+        "\"$(printf 'e\\314\\201.txt')\" \"$(printf '\\303\\251t\\303\\251.txt')\" "
+        "&& mkdir \"$(printf 'dir\\002')\" && touch \"$(printf 'dir\\002')/inside.txt\"",
+    )
+    assert result.exit_code == 0, result.stderr
+    copy = await sandbox.working_copy("agent")
+    assert sorted(await anyio.to_thread.run_sync(copy.scan)) == ["ok.txt", "\u00e9t\u00e9.txt"]
+
+
+async def test_a_sleeping_computer_has_a_working_copy(sandbox: Sandbox) -> None:
+    await run(sandbox, "echo x > x.txt")
+    await sandbox.sleep()
+    copy = await sandbox.working_copy("agent")
+    assert (await sandbox.status()).state == "running"
+    assert sorted(await anyio.to_thread.run_sync(copy.scan)) == ["x.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
 # views
 
 

@@ -5,7 +5,9 @@ anywhere in them. The host therefore never joins a user path onto a directory an
 it walks from the root's descriptor one name at a time with ``O_NOFOLLOW`` (a symlink, even one
 pointing inside, is refused), opens only regular files, non-blocking (a FIFO cannot stall it),
 and replaces files by writing a new one and renaming it over the old (a hard link to some other
-file is never written through).
+file is never written through). A root may be *pinned* to the filesystem it is on: every access
+then fails (``Unavailable``) once another one is there, as when a computer's disk image was
+unmounted and the empty directory beneath shows through.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
-from openbuda.domain.errors import InvalidPath, NotFound, TooLarge
+from openbuda.domain.errors import InvalidPath, NotFound, TooLarge, Unavailable
 
 __all__ = ["HostRoot", "Owner"]
 
@@ -27,6 +29,9 @@ Owner = tuple[int, int]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TMP_PREFIX = ".openbuda-write-"
+_KEEP_OPEN: Final = 64
+"""How many directory levels a scan keeps descriptors of; deeper ones are reopened from there."""
+ScanEntry = tuple[tuple[str, ...], os.stat_result]
 
 
 def _kind(mode: int) -> Literal["file", "dir", "symlink", "other"]:
@@ -41,6 +46,10 @@ def _kind(mode: int) -> Literal["file", "dir", "symlink", "other"]:
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
+
+
+def _path_bytes(parts: Sequence[str]) -> int:
+    return sum(len(name.encode(errors="surrogateescape")) for name in parts) + len(parts) - 1
 
 
 def _as_link_error(exc: OSError, name: str, dir_fd: int) -> OSError:
@@ -64,13 +73,31 @@ class HostRoot:
     """
 
     def __init__(
-        self, root: Path, display: str, *, owner: Owner | None = None, shared: bool = False
+        self,
+        root: Path,
+        display: str,
+        *,
+        owner: Owner | None = None,
+        shared: bool = False,
+        device: int | None = None,
     ) -> None:
         self.root = root
         self.display = display
         self.owner = owner
+        self.shared = shared
+        self.device = device
         self.file_mode = 0o660 if shared else 0o644
         self.dir_mode = 0o2770 if shared else 0o755
+
+    def pinned(self) -> HostRoot:
+        """This root bound to the filesystem it is on now (blocking): see the module docstring."""
+        try:
+            device = os.stat(self.root).st_dev
+        except FileNotFoundError:
+            raise NotFound(f"{self.display!r} does not exist") from None
+        return HostRoot(
+            self.root, self.display, owner=self.owner, shared=self.shared, device=device
+        )
 
     # -- walking ----------------------------------------------------------------------------
 
@@ -87,6 +114,8 @@ class HostRoot:
         except FileNotFoundError:
             raise NotFound(f"{self.display!r} does not exist") from None
         try:
+            if self.device is not None and os.fstat(fd).st_dev != self.device:
+                raise Unavailable(f"{self.display!r} is not mounted (the computer stopped)")
             for index, name in enumerate(parts):
                 try:
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
@@ -142,7 +171,8 @@ class HostRoot:
 
     # -- operations (blocking; callers run them in a thread) ----------------------------------
 
-    def read(self, parts: Sequence[str], max_bytes: int | None = None) -> bytes:
+    def open_file(self, parts: Sequence[str]) -> int:
+        """A read-only descriptor of the regular file ``parts`` (the caller closes it)."""
         if not parts:
             raise InvalidPath(f"{self.display!r} is a directory", details={"path": self.display})
         with self._directory(parts[:-1]) as parent:
@@ -150,32 +180,46 @@ class HostRoot:
                 fd = os.open(parts[-1], _READ_FLAGS, dir_fd=parent)
             except OSError as exc:
                 raise self._refused(exc, parts) from None
-            try:
-                st = os.fstat(fd)
-                if stat.S_ISDIR(st.st_mode):
-                    raise InvalidPath(
-                        f"{self._shown(parts)!r} is a directory",
-                        details={"path": self._shown(parts)},
-                    )
-                if not stat.S_ISREG(st.st_mode):
-                    raise InvalidPath(
-                        f"{self._shown(parts)!r} is not a regular file",
-                        details={"path": self._shown(parts)},
-                    )
-                if max_bytes is not None and st.st_size > max_bytes:
-                    raise TooLarge(
-                        f"{self._shown(parts)!r} has {st.st_size} bytes, more than {max_bytes}",
-                        details={"size": st.st_size, "max_bytes": max_bytes},
-                    )
-                chunks: list[bytes] = []
-                while chunk := os.read(fd, 1 << 20):
-                    chunks.append(chunk)
-                return b"".join(chunks)
-            finally:
-                os.close(fd)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise InvalidPath(
+                    f"{self._shown(parts)!r} is a directory", details={"path": self._shown(parts)}
+                )
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidPath(
+                    f"{self._shown(parts)!r} is not a regular file",
+                    details={"path": self._shown(parts)},
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def read(self, parts: Sequence[str], max_bytes: int | None = None) -> bytes:
+        fd = self.open_file(parts)
+        try:
+            size = os.fstat(fd).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise TooLarge(
+                    f"{self._shown(parts)!r} has {size} bytes, more than {max_bytes}",
+                    details={"size": size, "max_bytes": max_bytes},
+                )
+            chunks: list[bytes] = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def write(self, parts: Sequence[str], data: bytes) -> os.stat_result:
         """Replace the file atomically (a new inode renamed over the old one)."""
+        return self.replace(parts, (data,))
+
+    def replace(self, parts: Sequence[str], chunks: Iterable[bytes]) -> os.stat_result:
+        """Replace the file atomically with the content of ``chunks``, streamed: it is written
+        to a new file renamed over the old one once complete and synced, so a writer that fails
+        or is killed half-way leaves the old file as it was."""
         if not parts:
             raise InvalidPath(f"{self.display!r} is a directory", details={"path": self.display})
         with self._directory(parts[:-1], create=True) as parent:
@@ -204,22 +248,127 @@ class HostRoot:
             except OSError as exc:
                 raise self._refused(exc, parts) from None
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 os.fsync(fd)
                 if self.owner is not None:
                     os.fchown(fd, *self.owner)
                 os.fchmod(fd, self.file_mode)
                 st = os.fstat(fd)
-            except OSError as exc:
+            except BaseException as exc:
                 os.close(fd)
                 os.unlink(temp, dir_fd=parent)
-                raise self._refused(exc, parts) from None
+                if isinstance(exc, OSError):
+                    raise self._refused(exc, parts) from None
+                raise
             os.close(fd)
             os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
             return st
+
+    def scan(
+        self, keep: Callable[[str], bool], *, max_path_bytes: int | None = None
+    ) -> Iterator[ScanEntry]:
+        """Every regular file below the root with its ``lstat``, walked by directory descriptors
+        without following links (links, FIFOs, sockets and devices are skipped).
+
+        ``keep`` decides on each name (a directory it refuses is not entered); directories whose
+        path passes ``max_path_bytes`` are not entered. A directory that vanishes or turns into
+        something else while walked is skipped (what it held is gone); one that cannot be read
+        raises ``OSError`` naming it (what it holds is not gone).
+        """
+        with self._directory(()) as root:
+            files, dirs = self._scan_dir(root, (), keep)
+            yield from files
+            # (descriptor or None past _KEEP_OPEN levels, parts, subdirectories left to visit)
+            stack: list[tuple[int | None, tuple[str, ...], list[str]]] = [(root, (), dirs)]
+            try:
+                while stack:
+                    fd, parts, pending = stack[-1]
+                    if not pending:
+                        stack.pop()
+                        if fd is not None and fd != root:
+                            os.close(fd)
+                        continue
+                    child_parts = (*parts, pending.pop())
+                    if max_path_bytes is not None and _path_bytes(child_parts) >= max_path_bytes:
+                        continue
+                    child = self._open_below(stack, child_parts)
+                    if child is None:
+                        continue
+                    try:
+                        files, dirs = self._scan_dir(child, child_parts, keep)
+                    except BaseException:
+                        os.close(child)
+                        raise
+                    if len(child_parts) > _KEEP_OPEN:
+                        os.close(child)
+                        stack.append((None, child_parts, dirs))
+                    else:
+                        stack.append((child, child_parts, dirs))
+                    yield from files
+            finally:
+                for fd, _parts, _pending in stack:
+                    if fd is not None and fd != root:
+                        os.close(fd)
+
+    def _open_below(
+        self,
+        stack: Sequence[tuple[int | None, tuple[str, ...], list[str]]],
+        parts: tuple[str, ...],
+    ) -> int | None:
+        """A descriptor of the directory ``parts`` from its nearest open ancestor on ``stack``;
+        ``None`` when it vanished or is no directory now."""
+        fd, start = next((fd, p) for fd, p, _ in reversed(stack) if fd is not None)
+        names = parts[len(start) :]
+        current = fd
+        try:
+            for name in names:
+                try:
+                    opened = os.open(name, _DIR_FLAGS, dir_fd=current)
+                except (FileNotFoundError, NotADirectoryError):
+                    return None
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        return None
+                    raise OSError(exc.errno, exc.strerror, self._shown(parts)) from None
+                if current != fd:
+                    os.close(current)
+                current = opened
+        except BaseException:
+            if current != fd:
+                os.close(current)
+            raise
+        return current
+
+    def _scan_dir(
+        self, fd: int, parts: tuple[str, ...], keep: Callable[[str], bool]
+    ) -> tuple[list[ScanEntry], list[str]]:
+        files: list[ScanEntry] = []
+        dirs: list[str] = []
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(_TMP_PREFIX) or not keep(name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            dirs.append(name)
+                        elif entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISREG(st.st_mode):
+                                files.append(((*parts, name), st))
+                    except FileNotFoundError:
+                        continue
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                return [], []
+            raise OSError(exc.errno, exc.strerror, self._shown(parts)) from None
+        dirs.sort(reverse=True)  # popped from the end: visited in name order
+        return files, dirs
 
     def stat(self, parts: Sequence[str]) -> os.stat_result | None:
         try:

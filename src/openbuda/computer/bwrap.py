@@ -90,6 +90,7 @@ from openbuda.computer._paths import Mount, parse_path
 from openbuda.computer._procfs import cpu_seconds, listening_ports, rss_bytes
 from openbuda.computer._sandbox_init import CONSOLE_TMP, TMP_ROOT
 from openbuda.computer._seccomp import BASE_DENY, SESSION_DENY, build_filter
+from openbuda.computer._working import HostWorkingCopy
 from openbuda.domain.errors import InvalidPath, InvalidRequest, Unavailable
 from openbuda.ports import (
     ExecRequest,
@@ -171,6 +172,13 @@ class BwrapSandbox:
     def spec(self) -> SandboxSpec:
         """The latest spec asked for (a running computer takes it at its next restart)."""
         return self._spec
+
+    @property
+    def state(self) -> SandboxState:
+        """Without measuring anything (``status`` does): ``stopped`` once its processes are
+        gone."""
+        run = self._run
+        return "stopped" if run is None or not run.alive() else self._state
 
     @property
     def init_pid(self) -> int | None:
@@ -663,6 +671,17 @@ class BwrapSandbox:
             "tmp": SandboxTmpRoot(Path(f"/proc/{run.child_pid}/root{TMP_ROOT}/{name}"), owner),
         }
         return roots.get
+
+    async def working_copy(self, mount: Literal["agent", "space"]) -> HostWorkingCopy:
+        """The working copy with the computer running (its ``/agent`` disk mounted), owned by
+        its user; pinned to the mounted filesystem under the lock that stops the computer."""
+        roots = await self.roots_for(SandboxView(session_id=None), mount)
+        root = roots(mount)
+        assert root is not None
+        async with self._lock:
+            if self._run is None:
+                raise Unavailable(f"the computer of {self._spec.agent_id!r} stopped")
+            return await anyio.to_thread.run_sync(HostWorkingCopy.pinned, root)
 
     async def status(self) -> SandboxStatus:
         run = self._run

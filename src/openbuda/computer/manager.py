@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -46,6 +47,9 @@ class Computers:
         self._check_seconds = check_seconds
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self.on_connect: Callable[[Agent, Sandbox], Awaitable[None]] | None = None
+        """Awaited after ``get`` connected a computer (started or attached it): Drive's sync
+        brings in what changed while it did not run here (``drive.sync``)."""
 
     def view_for(self, agent: Agent, session: Session | None) -> SandboxView:
         """The view of a session's commands (``None``: a member's console)."""
@@ -65,14 +69,18 @@ class Computers:
     async def get(self, agent: Agent) -> Sandbox:
         """The agent's computer, started or attached if needed; counts as activity."""
         entry = self._entries.get(agent.id)
+        connected = False
         if entry is None or entry.sandbox.spec != spec_for(agent):
             lock = self._locks.setdefault(agent.id, anyio.Lock())
             async with lock:
                 sandbox = await self.backend.connect(spec_for(agent))
                 entry = _Entry(sandbox, agent.settings.sleep_timeout_s, time.monotonic())
                 self._entries[agent.id] = entry
+                connected = True
         entry.sleep_timeout_s = agent.settings.sleep_timeout_s
         entry.last_active = time.monotonic()
+        if connected and self.on_connect is not None:
+            await self.on_connect(agent, entry.sandbox)
         return entry.sandbox
 
     def running(self, agent_id: str) -> Sandbox | None:

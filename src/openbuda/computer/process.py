@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import anyio
 import anyio.abc
@@ -36,6 +36,7 @@ from openbuda.computer._procfs import (
     rss_bytes,
     socket_inodes,
 )
+from openbuda.computer._working import HostWorkingCopy
 from openbuda.domain.errors import InvalidPath, Unavailable
 from openbuda.ports import (
     ExecRequest,
@@ -77,6 +78,10 @@ class ProcessSandbox:
     def spec(self) -> SandboxSpec:
         return self._spec
 
+    @property
+    def state(self) -> SandboxState:
+        return self._state
+
     def respec(self, spec: SandboxSpec) -> None:
         """Limits apply from the next command on (nothing here needs a restart)."""
         self._spec = spec
@@ -115,6 +120,11 @@ class ProcessSandbox:
             return None if directory is None else HostRoot(directory, f"/{mount}")
 
         return HostFiles(root, view, before=self.wake)
+
+    async def working_copy(self, mount: Literal["agent", "space"]) -> HostWorkingCopy:
+        await self.wake()
+        root = HostRoot(self._agent_dir if mount == "agent" else self._space_dir, f"/{mount}")
+        return await anyio.to_thread.run_sync(HostWorkingCopy.pinned, root)
 
     def _live_groups(self) -> set[int]:
         live = {pgid for pgid in self._groups if _group_alive(pgid)}

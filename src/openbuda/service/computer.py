@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import anyio.to_thread
@@ -37,6 +37,7 @@ from openbuda.domain.errors import (
 )
 from openbuda.domain.principal import Principal
 from openbuda.domain.records import Agent
+from openbuda.engine.tools import FilesChanged
 from openbuda.ports import (
     ExecRequest,
     ExecResult,
@@ -55,6 +56,7 @@ __all__ = [
     "MAX_LINK_SECONDS",
     "ComputerService",
     "ComputerStatus",
+    "ConsoleSync",
     "NothingListens",
     "PreparedExec",
     "PreviewGrant",
@@ -98,15 +100,38 @@ class PreviewGrant:
     expires_at: datetime
 
 
+class ConsoleSync(Protocol):
+    """Drive's working-copy sync around a member's console command (``drive.sync``)."""
+
+    async def pull(self, agent: Agent) -> None:
+        """Bring Drive writes made elsewhere into the computer's files."""
+        ...
+
+    async def sync_member(self, agent: Agent, member_id: str) -> FilesChanged:
+        """Turn what the command changed into versions by the member."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedExec:
-    """A member's command, checked and with its computer started: ``run`` runs it."""
+    """A member's command, checked and with its computer started: ``run`` runs it (and, with
+    Drive, syncs the working copies around it)."""
 
     sandbox: Sandbox
     request: ExecRequest
+    agent: Agent | None = None
+    member_id: str | None = None
+    sync: ConsoleSync | None = None
 
     async def run(self, on_output: OutputCallback | None = None) -> ExecResult:
-        return await self.sandbox.exec(self.request, on_output)
+        if self.sync is None or self.agent is None or self.member_id is None:
+            return await self.sandbox.exec(self.request, on_output)
+        await self.sync.pull(self.agent)
+        try:
+            return await self.sandbox.exec(self.request, on_output)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.sync.sync_member(self.agent, self.member_id)
 
 
 def _check_port(port: int) -> int:
@@ -117,12 +142,18 @@ def _check_port(port: int) -> int:
 
 class ComputerService:
     def __init__(
-        self, deps: ServiceDeps, computers: Computers, secret_key: Callable[[], bytes]
+        self,
+        deps: ServiceDeps,
+        computers: Computers,
+        secret_key: Callable[[], bytes],
+        console_sync: ConsoleSync | None = None,
     ) -> None:
         self._deps = deps
         self._computers = computers
         self._secret_key = secret_key
         self._key: bytes | None = None
+        self.console_sync = console_sync
+        """Drive's sync around members' commands (set by the runtime)."""
 
     # -- the computer ------------------------------------------------------------------------
 
@@ -208,7 +239,7 @@ class ComputerService:
                 what = "does not exist" if entry is None else "is not a directory"
                 raise InvalidPath(f"{cwd!r} {what}", details={"path": cwd})
         request = ExecRequest(command, view=CONSOLE, cwd=cwd, timeout_s=timeout_s)
-        return PreparedExec(sandbox, request)
+        return PreparedExec(sandbox, request, agent, principal.member_id, self.console_sync)
 
     async def exec(
         self,
