@@ -9,8 +9,8 @@ workers and reaper, the broadcaster) and, on an empty store, creates the instanc
 (``bootstrap``). Tests inject the parts they control (``store=``, ``clock=``, ``models=``,
 ``tools=``, ``tracer_provider=``) and drive the app in-process.
 
-Also served: ``/v1/openapi.json``, ``/v1/docs`` and (unauthenticated, outside the API)
-``/metrics`` for Prometheus.
+Also served: ``/v1/openapi.json``, ``/v1/docs``, (unauthenticated, outside the API)
+``/metrics`` for Prometheus, and the web UI at ``/`` (``openbuda.web``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from openbuda.ports import Clock, ModelClient, SandboxBackend, Store
 from openbuda.runtime import Runtime
 from openbuda.service.keys import KeyService, check_bootstrap_key
 from openbuda.settings import Settings
+from openbuda.web import mount_web
 
 __all__ = ["create_app"]
 
@@ -176,4 +177,5 @@ def create_app(
                 await metrics.refresh(state.runtime)
             return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    mount_web(app)  # the web UI at `/` (openbuda.web)
     return app
