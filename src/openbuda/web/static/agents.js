@@ -1,7 +1,8 @@
-// Agents: the list, the create form and the edit form (instructions, model, settings as JSON).
+// Agents: the list (with delete, after a confirmation), the create form and the edit form
+// (instructions, model, settings as JSON).
 
-import { get, listAll, patch, post, seg } from "./api.js";
-import { busy, h, replace } from "./dom.js";
+import { del, get, listAll, patch, post, seg } from "./api.js";
+import { busy, confirmDialog, h, replace } from "./dom.js";
 
 /** The fields of an agent form; `agent` fills them in for editing. */
 function agentFields(agent = null) {
@@ -56,8 +57,26 @@ function agentBody(controls) {
   };
 }
 
-function agentRow(agent) {
+/**
+ * An agent's card. Delete is offered to every role: the API decides (admins and owners may)
+ * and its refusal shows in the card, so the page never guesses at permissions.
+ */
+function agentRow(agent, onDeleted) {
   const base = `#/agents/${seg(agent.id)}`;
+  const slot = h("div", { class: "error-slot", "aria-live": "polite" });
+  const remove = h("button", { type: "button", class: "small danger delete-agent", "aria-label": `Delete ${agent.name}` }, "Delete");
+  remove.addEventListener("click", async () => {
+    const question = `Delete the agent “${agent.name}” with its sessions, its Drive and its computer? This cannot be undone.`;
+    if (!(await confirmDialog(question, "Delete agent"))) return;
+    await busy(
+      remove,
+      async () => {
+        await del(`/v1/agents/${seg(agent.id)}`);
+        onDeleted(agent);
+      },
+      slot,
+    );
+  });
   return h(
     "li",
     { class: "card agent", dataset: { agentId: agent.id } },
@@ -71,7 +90,9 @@ function agentRow(agent) {
       h("a", { href: `${base}/drive` }, "Drive"),
       h("a", { href: `${base}/computer` }, "Computer"),
       h("a", { href: `${base}/edit` }, "Edit"),
+      remove,
     ),
+    slot,
   );
 }
 
@@ -94,12 +115,22 @@ export async function agentsView(main) {
     );
   });
   replace(main, h("div", { class: "heading" }, h("h1", {}, "Agents")), details, list);
+  const status = h("p", { class: "status", role: "status", id: "agents-status" });
+  list.before(status);
   const agents = await listAll("/v1/agents");
-  if (agents.length === 0) {
+  const showEmpty = () => {
+    if (list.children.length > 0) return;
     details.open = true;
     list.append(h("li", { class: "empty" }, "No agent yet: create one."));
-  }
-  for (const agent of agents) list.append(agentRow(agent));
+  };
+  const onDeleted = (agent) => {
+    list.querySelector(`[data-agent-id="${CSS.escape(agent.id)}"]`)?.remove();
+    status.textContent = `Deleted ${agent.name}.`;
+    showEmpty();
+    list.querySelector(".delete-agent")?.focus();
+  };
+  for (const agent of agents) list.append(agentRow(agent, onDeleted));
+  showEmpty();
 }
 
 export async function editAgentView(main, { agentId }) {

@@ -1,9 +1,10 @@
-// Drive: a folder's files with a breadcrumb, a file's preview (text, Markdown, images, CSV),
+// Drive: a folder tree (tree.js), a folder's files with a breadcrumb, a file's preview (text, Markdown, images, CSV),
 // the editor, uploads with progress, and a file's history with diffs and restore.
 
 import { del, driveBase, drivePathUrl, get, readDriveFile, request, seg, post, uploadDriveFile } from "./api.js";
 import { badge, busy, confirmDialog, formatBytes, formatTime, h, replace, showError } from "./dom.js";
 import { csvTable, renderMarkdown } from "./markdown.js";
+import { folderTree } from "./tree.js";
 
 const IMAGE = /\.(png|jpe?g|gif|webp|svg|bmp|ico|avif)$/i;
 const MARKDOWN = /\.(md|markdown)$/i;
@@ -172,11 +173,19 @@ export async function driveView(main, { drive, path }) {
   });
 
   const filePane = h("section", { class: "file-pane", id: "file-pane", "aria-label": "File" });
+  // The folder tree: beside the listing on a wide screen, folded above it at phone width.
+  const rootLabel = drive.kind === "agent" ? "/agent" : "/space";
+  const folders = h(
+    "details",
+    { class: "folders", open: matchMedia("(min-width: 900px)").matches },
+    h("summary", {}, "Folders"),
+    folderTree(drive, folder, (target) => href(drive, target), rootLabel),
+  );
   replace(
     main,
     h("div", { class: "heading" }, h("h1", {}, title)),
-    breadcrumb(drive, file ?? folder, drive.kind === "agent" ? "/agent" : "/space"),
-    h("div", { class: "drive" }, h("div", { class: "drive-list" }, listing, h("div", { class: "card tools" }, h("div", { class: "field" }, h("label", { for: "upload" }, "Upload a file here"), uploadInput, progress, uploadStatus, uploadError), newForm)), filePane),
+    breadcrumb(drive, file ?? folder, rootLabel),
+    h("div", { class: "drive" }, folders, h("div", { class: "drive-list" }, listing, h("div", { class: "card tools" }, h("div", { class: "field" }, h("label", { for: "upload" }, "Upload a file here"), uploadInput, progress, uploadStatus, uploadError), newForm)), filePane),
   );
 
   // --- a file: preview, editor, history ----------------------------------------------------

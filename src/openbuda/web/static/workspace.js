@@ -9,6 +9,10 @@ import { refreshInboxCount } from "./inbox.js";
 import { markAnswered, questionCard } from "./questions.js";
 
 const ACTIVE = new Set(["queued", "running", "waiting"]);
+/** How many stored events a session opens with: a long one starts near its end, and "Load
+ * earlier events" reaches back this many more each time (replaying from there, so the page's
+ * state is built in order, as it is live). */
+export const EVENT_WINDOW = 150;
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
 /** The UI link of a path a tool reported (`/agent/…`, `/space/…`), or null. */
@@ -430,15 +434,44 @@ export async function workspaceView(main, { agentId, sessionId }) {
   headerTools.append(saveForm("Save session to Drive", `sessions/${sessionId}.md`, (path, drive) => save(path, drive)));
   message.focus();
 
-  followSession(sessionId, {
-    signal: controller.signal,
-    onEvent: showEvent,
-    onState: (state, error) => {
-      streamState.dataset.state = state;
-      streamState.textContent = state === "live" ? "Live" : state === "reconnecting" ? "Reconnecting…" : "";
-      if (state === "closed" && error) showError(composerError, error);
-    },
+  // The stream: from the last EVENT_WINDOW events; "Load earlier events" starts it again
+  // further back, with the log and its state cleared.
+  let stream = null;
+  let firstAfter = 0;
+  const earlier = h("button", { type: "button", class: "small", id: "load-earlier" }, "Load earlier events");
+  earlier.addEventListener("click", () => {
+    startStream(Math.max(0, firstAfter - EVENT_WINDOW));
+    log.scrollTop = 0;
+    stuckToBottom = false;
+    (log.querySelector("#load-earlier") ?? message).focus();
   });
+  function startStream(after) {
+    stream?.abort();
+    const mine = new AbortController();
+    stream = mine;
+    firstAfter = after;
+    tasks.clear();
+    calls.clear();
+    questions.clear();
+    if (!panel.hidden) hidePanel();
+    log.replaceChildren();
+    if (after > 0) add(h("li", { class: "note earlier" }, earlier, h("span", { class: "muted" }, " Earlier events are not shown.")));
+    followSession(sessionId, {
+      after,
+      signal: mine.signal,
+      onEvent: (event) => {
+        if (stream === mine) showEvent(event);
+      },
+      onState: (state, error) => {
+        if (stream !== mine) return; // a stream this page left
+        streamState.dataset.state = state;
+        streamState.textContent = state === "live" ? "Live" : state === "reconnecting" ? "Reconnecting…" : "";
+        if (state === "closed" && error) showError(composerError, error);
+      },
+    });
+  }
+  controller.signal.addEventListener("abort", () => stream?.abort());
+  startStream(Math.max(0, (session.last_seq ?? 0) - EVENT_WINDOW));
   return () => {
     controller.abort();
     clearTimeout(reloadTimer);
