@@ -70,11 +70,10 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(home: Path, model: ScriptedModel, **overrides: Any) -> Generator[LiveServer]:
-    port = free_port()
-    settings = server_settings(home, port=port, **overrides)
+def serving(app: FastAPI, port: int) -> Generator[str]:
+    """``app`` served by uvicorn on a thread at ``port``; yields its URL once it accepts."""
     config = uvicorn.Config(
-        scripted_app(settings, model),
+        app,
         host="127.0.0.1",
         port=port,
         log_config=None,
@@ -92,10 +91,18 @@ def live_server(home: Path, model: ScriptedModel, **overrides: Any) -> Generator
             threading.Event().wait(0.01)
         if not server.started:
             raise RuntimeError("the test server did not start")
-        yield LiveServer(f"http://127.0.0.1:{port}", home, model)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def live_server(home: Path, model: ScriptedModel, **overrides: Any) -> Generator[LiveServer]:
+    port = free_port()
+    settings = server_settings(home, port=port, **overrides)
+    with serving(scripted_app(settings, model), port) as url:
+        yield LiveServer(url, home, model)
     assert not model.unexpected, f"unexpected model calls: {model.unexpected}"
 
 

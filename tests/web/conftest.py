@@ -9,7 +9,6 @@ both). Screenshots go to ``tests/web/artifacts/`` (git-ignored), one per screen.
 from __future__ import annotations
 
 import importlib.util
-import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import uvicorn
 
 from openbuda.api.app import create_app
 from openbuda.ports import ModelClient
 from openbuda.testing import ScriptedModel
-from tests.client.live_server import API_KEY, free_port, server_settings
+from tests.client.live_server import API_KEY, free_port, server_settings, serving
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -74,33 +72,13 @@ def server(tmp_path: Path) -> Generator[UiServer]:
     port = free_port()
     settings = server_settings(tmp_path, port=port, computer_backend="process")
     app = create_app(settings, models=resolve, announce=lambda _text: None)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=1,
-    )
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, name="uvicorn-web", daemon=True)
-    thread.start()
-    try:
-        for _ in range(1000):
-            if uvicorn_server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.01)
-        if not uvicorn_server.started:
-            raise RuntimeError("the test server did not start")
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(
+    with (
+        serving(app, port) as url,
+        httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
-        ) as api:
-            yield UiServer(url, model, api)
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(timeout=10)
+        ) as api,
+    ):
+        yield UiServer(url, model, api)
     model.assert_all_used()
 
 
