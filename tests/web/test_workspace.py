@@ -149,7 +149,10 @@ def test_an_agent_is_created_chats_asks_for_approval_and_its_file_is_restored(
 
     page.get_by_role("button", name="History").click()
     first = page.locator("#history tr[data-version='1']")
-    expect(first).to_contain_text(f"agent {agent_id}")
+    expect(first).to_contain_text(f"agent {agent_id[:4]}…{agent_id[-6:]}, task tsk_")
+    expect(first.locator("[title^='agent ']")).to_have_attribute(
+        "title", re.compile(rf"^agent {agent_id}, task tsk_\w+, session ses_\w+$")
+    )
     first.get_by_role("button", name="Diff to latest").click()
     expect(page.locator("#diff .diff-del")).to_have_text(["-first draft\n"])
     expect(page.locator("#diff .diff-add")).to_have_text(["+second draft\n"])

@@ -27,8 +27,9 @@ __all__ = ["StreamPolicy", "StreamState", "event_from_sse"]
 class StreamPolicy:
     """How hard a stream tries to stay connected."""
 
-    max_retries: int = 5
-    """Consecutive failed connections before the stream gives up with ``ConnectionFailed``."""
+    max_retries: int = 8
+    """Consecutive failed connections before the stream gives up with ``ConnectionFailed``:
+    with the default backoff about 36 s, long enough for a busy server to restart."""
     backoff_base: float = 0.25
     """Seconds before the first reconnection (the server's ``retry:`` overrides it)."""
     backoff_max: float = 10.0

@@ -70,9 +70,19 @@ function diffView(diff) {
   );
 }
 
+/** An id shortened for a table cell (the whole id is in the cell's title). */
+function shortId(id) {
+  return id.length > 12 ? `${id.slice(0, 4)}…${id.slice(-6)}` : id;
+}
+
+/** Who made a version: text for the cell, and the full ids for its title. */
 function actorOf(version) {
-  if (version.member_id) return `member ${version.member_id}`;
-  if (version.agent_id) return `agent ${version.agent_id}${version.task_id ? ` (task ${version.task_id})` : ""}`;
+  if (version.member_id) return h("span", { title: version.member_id }, `member ${shortId(version.member_id)}`);
+  if (version.agent_id) {
+    const full = [`agent ${version.agent_id}`, version.task_id && `task ${version.task_id}`, version.session_id && `session ${version.session_id}`];
+    const text = `agent ${shortId(version.agent_id)}${version.task_id ? `, task ${shortId(version.task_id)}` : ""}`;
+    return h("span", { title: full.filter(Boolean).join(", ") }, text);
+  }
   return "—";
 }
 
