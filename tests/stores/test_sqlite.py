@@ -198,3 +198,31 @@ async def test_a_lock_held_past_the_busy_timeout_is_unavailable(
     finally:
         holder.close()
         await impatient.close()
+
+
+async def test_migrate_waits_for_a_lock_held_past_busy_timeout(tmp_path: Path) -> None:
+    """Another process migrating holds the write lock longer than ``busy_timeout``: migrate
+    waits for it instead of failing the start."""
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    store = SqliteStore(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=50)
+    try:
+        with pytest.raises(Unavailable):  # a plain write gives up after busy_timeout
+            async with store.write() as tx:
+                await tx.create_space("x", datetime.now(UTC))
+
+        async def release() -> None:
+            await anyio.sleep(0.5)
+            holder.execute("COMMIT")
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(release)
+                await store.migrate()
+        async with store.write() as tx:
+            assert (await tx.create_space("x", datetime.now(UTC))).name == "x"
+    finally:
+        holder.close()
+        await store.close()

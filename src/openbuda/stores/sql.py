@@ -14,13 +14,17 @@ for itself (``RuntimeError`` is raised instead), on PostgreSQL it may wait on it
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
+import anyio
 from sqlalchemy import Engine
 
+from openbuda.domain.errors import Unavailable
 from openbuda.ports import AnyReadTx, StoreCapabilities, WriteTx
 from openbuda.stores._connections import StatementRunner
 from openbuda.stores._queries import DialectTraits
@@ -28,7 +32,12 @@ from openbuda.stores._reads import SqlReadTx
 from openbuda.stores._writes import SqlWriteTx
 from openbuda.stores.migrate import upgrade_connection
 
-__all__ = ["SqlReadTx", "SqlStore", "SqlWriteTx"]
+__all__ = ["MIGRATION_WAIT_S", "SqlReadTx", "SqlStore", "SqlWriteTx"]
+
+log = logging.getLogger("openbuda.stores")
+
+MIGRATION_WAIT_S: Final = 300.0
+"""How long ``migrate`` waits for a database another migration keeps busy."""
 
 
 class SqlStore:
@@ -79,10 +88,24 @@ class SqlStore:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def migrate(self) -> None:
-        """Bring the schema to the latest Alembic revision (safe to run concurrently)."""
-        async with self._connect(write=True) as runner:
-            await self._before_migration(runner)
-            await runner.run_sync(upgrade_connection)
+        """Bring the schema to the latest Alembic revision (safe to run concurrently).
+
+        A migration another process (or store) is running holds the write lock; a busy
+        database (``Unavailable``) is therefore waited for, up to ``MIGRATION_WAIT_S``: on a
+        loaded machine one migration can outlast SQLite's ``busy_timeout``.
+        """
+        deadline = time.monotonic() + MIGRATION_WAIT_S
+        while True:
+            try:
+                async with self._connect(write=True) as runner:
+                    await self._before_migration(runner)
+                    await runner.run_sync(upgrade_connection)
+                return
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("the database is busy (another migration?); trying again")
+                await anyio.sleep(0.5)
 
     async def close(self) -> None:
         """Dispose of the engines and their connections; the store is unusable afterwards."""
