@@ -57,7 +57,7 @@ from openbuda.domain.errors import (
 from openbuda.domain.records import Agent
 from openbuda.engine.tools import FilesChanged, ToolContext
 from openbuda.ports import BlobInfo, Sandbox, WorkingCopy, WorkingFile
-from openbuda.service.drive import DriveService
+from openbuda.service.drive import DriveService, too_large_file
 
 __all__ = ["DriveSync", "IndexEntry", "SyncIndex", "compare", "hash_file"]
 
@@ -506,9 +506,7 @@ class DriveSync:
         ``path``; ``None`` when it changed while stored (the next sync sees it)."""
         limit = self._drive.limits.max_file_bytes
         if found.size > limit:
-            raise TooLarge(
-                f"a Drive file may be at most {limit} bytes", details={"max_bytes": limit}
-            )
+            raise too_large_file(limit)
         try:
             handle = await anyio.to_thread.run_sync(copy.open_read, path)
         except FileNotFoundError:

@@ -47,6 +47,7 @@ __all__ = [
     "DriveService",
     "iterate_bytes",
     "member_actor",
+    "too_large_file",
 ]
 
 DIFF_MAX_BYTES: Final = 2 * 1024 * 1024
@@ -328,7 +329,7 @@ class DriveService:
         """Fail early (``TooLarge``/``QuotaExceeded``) when ``size`` bytes written to ``path``
         cannot fit (replacing a file only adds the difference)."""
         if size > self.limits.max_file_bytes:
-            raise _too_large(self.limits.max_file_bytes)
+            raise too_large_file(self.limits.max_file_bytes)
         quota = self.limits.quota_bytes
         if quota is None:
             return
@@ -437,7 +438,8 @@ def _file_entry(f: DriveFile) -> DriveEntry:
     return DriveEntry(f.path, "file", f.size, f.updated_at, f.sha256, f.version)
 
 
-def _too_large(limit: int) -> TooLarge:
+def too_large_file(limit: int) -> TooLarge:
+    """The error of a file over ``limit`` bytes (the API, the working-copy sync)."""
     return TooLarge(f"a Drive file may be at most {limit} bytes", details={"max_bytes": limit})
 
 

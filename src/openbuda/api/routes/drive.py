@@ -42,9 +42,9 @@ from openbuda.api.schemas import (
     drive_file_json,
     drive_version_json,
 )
-from openbuda.domain.drive import Actor, DriveRef, DriveVersion, drive_path
+from openbuda.domain.drive import DriveRef, DriveVersion, drive_path
 from openbuda.domain.errors import InvalidPath, InvalidRequest, NotFound
-from openbuda.domain.principal import Principal
+from openbuda.service.drive import member_actor
 
 __all__ = ["file_path", "router"]
 
@@ -132,10 +132,6 @@ def file_path(raw: str) -> str:
             details={"path": shown},
         )
     return drive_path(raw)
-
-
-def _actor(principal: Principal) -> Actor:
-    return Actor(member_id=principal.member_id)
 
 
 def _content_type(path: str) -> str:
@@ -261,7 +257,7 @@ async def write_file(
         existed = False
     try:
         written = await service.write(
-            drive, path, request.stream(), _actor(principal), size_hint=size_hint
+            drive, path, request.stream(), member_actor(principal), size_hint=size_hint
         )
     except ClientDisconnect:  # nothing was stored; nobody is left to answer
         return Response(status_code=400)
@@ -269,7 +265,7 @@ async def write_file(
 
 
 async def delete_file(path: str, drive: ThisDrive, api: Api, principal: Auth) -> JsonResponse:
-    deleted = await api.runtime.drive.delete(drive, file_path(path), _actor(principal))
+    deleted = await api.runtime.drive.delete(drive, file_path(path), member_actor(principal))
     return JsonResponse(drive_file_json(deleted))
 
 
@@ -320,7 +316,7 @@ async def restore(
     principal: Auth,
 ) -> JsonResponse:
     restored = await api.runtime.drive.restore(
-        drive, file_path(path), body.version, _actor(principal)
+        drive, file_path(path), body.version, member_actor(principal)
     )
     return JsonResponse(drive_file_json(restored))
 
