@@ -37,6 +37,8 @@ BACKENDS = [
 ]
 _DATABASE_PREFIX = "openbuda_test_"
 TABLES = (
+    "processes",
+    "computer_placements",
     "drive_versions",
     "drive_files",
     "drives",

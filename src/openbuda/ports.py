@@ -71,6 +71,9 @@ __all__ = [
     "BlobStore",
     "Broadcaster",
     "Clock",
+    "ClusterReader",
+    "ClusterStatus",
+    "ClusterWriter",
     "ContextProjection",
     "DriveReader",
     "DriveWriter",
@@ -95,6 +98,8 @@ __all__ = [
     "OutputStream",
     "Page",
     "PortStream",
+    "ProcessInfo",
+    "ProcessKind",
     "ReadEvents",
     "ReadTx",
     "Sandbox",
@@ -106,6 +111,7 @@ __all__ = [
     "SandboxStatus",
     "SandboxView",
     "SessionWriter",
+    "SpaceQueue",
     "Store",
     "StoreCapabilities",
     "Subscription",
@@ -376,11 +382,15 @@ class TaskWriter(Protocol):
         """Count one more steer message for a queued or running task."""
         ...
 
-    async def claimable_tasks(self, now: datetime, limit: int) -> list[Task]:
+    async def claimable_tasks(
+        self, now: datetime, limit: int, worker_id: str | None = None
+    ) -> list[Task]:
         """Queued tasks that may start now: the oldest queued task of each session that has
         no running or waiting task, in turns across spaces (each space's oldest, then each
         space's second oldest, …; oldest first within a turn). On PostgreSQL rows locked by
-        another claim are skipped (``FOR UPDATE SKIP LOCKED``)."""
+        another claim are skipped (``FOR UPDATE SKIP LOCKED``). With ``worker_id``, tasks of
+        agents whose computer is placed on another worker (a lease not run out by ``now``)
+        are left to that worker."""
         ...
 
     async def expired_leases(self, now: datetime, limit: int) -> list[Task]:
@@ -486,6 +496,97 @@ class DriveWriter(Protocol):
         ...
 
 
+# ---------------------------------------------------------------------------------------------
+# The processes of a deployment (scale-out, ARCHITECTURE §9)
+
+ProcessKind = Literal["api", "worker", "api+worker"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One API or worker process, as it registered itself in the store."""
+
+    id: str
+    """The worker id (``--worker-id``; stable across restarts when the operator says so)."""
+    kind: ProcessKind
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    seen_at: datetime
+    """Its last heartbeat: alive while ``seen_at`` is younger than the lease."""
+    running: int = 0
+    """Tasks it holds a lease on (filled by ``cluster_status``)."""
+    computers: int = 0
+    """Agents whose computer is placed on it (filled by ``cluster_status``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceQueue:
+    """The queue of one space: what ``openbuda status`` shows per space."""
+
+    space_id: str
+    queued: int
+    running: int
+    waiting: int
+    oldest_queued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    now: datetime
+    processes: list[ProcessInfo]
+    """Every registered process, alive or not, most recently seen first."""
+    spaces: list[SpaceQueue]
+    """Spaces with a task queued, running or waiting, most queued first."""
+    expired_leases: int
+    """Running tasks whose lease ran out (the reaper re-queues them)."""
+
+
+class ClusterReader(Protocol):
+    async def cluster_status(self, now: datetime) -> ClusterStatus: ...
+
+
+class ClusterWriter(Protocol):
+    async def register_process(self, process: ProcessInfo) -> None:
+        """Insert or replace the row of ``process.id`` (a restart takes its row over)."""
+        ...
+
+    async def heartbeat_process(self, process_id: str, now: datetime) -> bool:
+        """Record that the process is alive; ``False`` when its row is gone (re-register)."""
+        ...
+
+    async def remove_process(self, process_id: str) -> None:
+        """The process stopped cleanly."""
+        ...
+
+    async def place_computers(
+        self,
+        worker_id: str,
+        agents: Sequence[tuple[str, str]],
+        until: datetime,
+        now: datetime,
+    ) -> set[str]:
+        """Take or extend the placement of these ``(space_id, agent_id)`` computers on
+        ``worker_id`` until ``until``: a placement held by another worker whose lease has not
+        run out by ``now`` is left alone. Returns the ids of every agent placed on
+        ``worker_id`` with a current lease afterwards."""
+        ...
+
+    async def release_computers(
+        self, worker_id: str | None, agent_ids: Sequence[str] | None
+    ) -> int:
+        """Drop ``worker_id``'s placements (``None``: every worker's, the embedded mode at
+        start) of these agents (``None``: all of them)."""
+        ...
+
+    async def running_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Running tasks per space and per agent, across every process. On PostgreSQL this
+        first takes the claim lock (a transaction-level advisory lock) so that the counts stay
+        true until the transaction that claims against them commits."""
+        ...
+
+
 @runtime_checkable
 class WriteTx(
     ReadTx,
@@ -497,13 +598,15 @@ class WriteTx(
     TaskWriter,
     KeyWriter,
     DriveWriter,
+    ClusterReader,
+    ClusterWriter,
     Protocol,
 ):
     """Everything a write transaction can do; see the protocols it combines."""
 
 
 @runtime_checkable
-class AnyReadTx(ReadTx, EventReader, KeyReader, DriveReader, Protocol):
+class AnyReadTx(ReadTx, EventReader, KeyReader, DriveReader, ClusterReader, Protocol):
     """Everything a read transaction can do."""
 
 

@@ -33,14 +33,17 @@ from openbuda.drive.blobs import open_blob_store
 from openbuda.drive.memory import DriveMemory, RememberTool
 from openbuda.drive.sync import DriveSync
 from openbuda.engine.broadcaster import InProcessBroadcaster
+from openbuda.engine.bus import Bus, open_bus
 from openbuda.engine.loop import EngineDeps, MemoryReader
-from openbuda.engine.organizer import Organizer
-from openbuda.engine.tools import ToolRegistry
+from openbuda.engine.organizer import Organizer, new_worker_id
+from openbuda.engine.presence import Presence
+from openbuda.engine.tools import ToolRegistry, load_tools
 from openbuda.models import resolve_model
 from openbuda.ports import (
     BlobStore,
     Clock,
     ModelClient,
+    ProcessKind,
     Sandbox,
     SandboxBackend,
     SandboxCapabilities,
@@ -120,6 +123,8 @@ class Runtime:
     drive: DriveService
     """The Agent and Space Drives: files, versions, history, diff, restore, saved sessions."""
     blobs: BlobStore
+    bus: Bus
+    """How this process hears the others (PostgreSQL: LISTEN/NOTIFY) and they hear it."""
 
     @classmethod
     def build(
@@ -134,10 +139,13 @@ class Runtime:
         worker_id: str | None = None,
         sandbox: SandboxBackend | None = None,
         blobs: BlobStore | None = None,
+        bus: Bus | None = None,
     ) -> Runtime:
-        """Wire the parts around an open ``store`` (nothing starts running)."""
+        """Wire the parts around an open ``store`` (nothing starts running). Without ``bus``
+        everything stays in this process (the embedded mode)."""
         clock = clock or SystemClock()
-        broadcaster = InProcessBroadcaster()
+        bus = bus or Bus()
+        broadcaster = bus.broadcaster
         backend = sandbox or LazyBackend(lambda: open_backend(settings))
         computers = Computers(backend, check_seconds=settings.computer_sleep_check_seconds)
         blobs = blobs or open_blob_store(settings)
@@ -146,7 +154,8 @@ class Runtime:
             deps, blobs, DriveLimits(settings.drive_max_file_bytes, settings.drive_quota_bytes)
         )
         if tools is None:
-            tools = ToolRegistry([*computer_tools(computers), RememberTool(drive)])
+            plugins = load_tools(settings.tools)
+            tools = ToolRegistry([*computer_tools(computers), RememberTool(drive), *plugins])
 
         def resolve(spec: str | None) -> ModelClient:
             return resolve_model(spec, settings)
@@ -164,9 +173,12 @@ class Runtime:
             memory=memory or DriveMemory(drive, settings.memory_max_bytes),
             hooks=sync,
         )
-        organizer = Organizer(engine, worker_id=worker_id)
-        deps.on_queued = organizer.wake
-        deps.on_cancelled = organizer.cancel_task
+        organizer = Organizer(engine, worker_id=worker_id, computers=computers)
+        organizer.announce = bus.queued
+        deps.on_queued = bus.queued
+        deps.on_cancelled = bus.cancelled
+        bus.on_queued = organizer.wake
+        bus.on_cancelled = organizer.cancel_task
         return cls(
             settings,
             store,
@@ -180,6 +192,7 @@ class Runtime:
             ComputerService(deps, computers, settings.resolved_secret_key, sync),
             drive,
             blobs,
+            bus,
         )
 
     @classmethod
@@ -195,18 +208,33 @@ class Runtime:
         memory: MemoryReader | None = None,
         worker_id: str | None = None,
         run_engine: bool = True,
+        kind: ProcessKind | None = None,
         sandbox: SandboxBackend | None = None,
         blobs: BlobStore | None = None,
     ) -> AsyncGenerator[Runtime]:
         """Open (and migrate) the store, run the organizer, and clean up on exit.
 
         ``run_engine=False`` serves the services without running tasks (an API-only process).
+        ``kind`` is what the process registers as in the store (``openbuda status``); default
+        ``api+worker`` with the engine, else ``api``.
         """
+        kind = kind or ("api+worker" if run_engine else "api")
+        worker_id = worker_id or settings.worker_id or new_worker_id()
         own_store = store is None
+        # other processes are heard through the database this process opens itself
+        bus = (
+            open_bus(
+                settings.resolved_database_url(), process_id=worker_id, events=kind != "worker"
+            )
+            if own_store
+            else None
+        )
         if store is None:
             settings.home.mkdir(parents=True, exist_ok=True)
             store = open_store(
-                settings.resolved_database_url(), synchronous=settings.sqlite_synchronous
+                settings.resolved_database_url(),
+                synchronous=settings.sqlite_synchronous,
+                application_name=f"openbuda {kind} {worker_id}",
             )
         try:
             await store.migrate()
@@ -220,16 +248,31 @@ class Runtime:
                 worker_id=worker_id,
                 sandbox=sandbox,
                 blobs=blobs,
+                bus=bus,
             )
             try:
-                async with anyio.create_task_group() as group:
-                    await group.start(runtime.computers.run)
-                    if run_engine:
-                        await group.start(runtime.organizer.run)
+                presence = Presence(
+                    store,
+                    runtime.clock,
+                    process_id=worker_id,
+                    kind=kind,
+                    heartbeat_seconds=settings.heartbeat_seconds,
+                )
+                # the bus outlives the rest: the organizer's last events still go out
+                async with anyio.create_task_group() as outer:
+                    await outer.start(runtime.bus.run)
                     try:
-                        yield runtime
+                        async with anyio.create_task_group() as group:
+                            await group.start(presence.run)
+                            await group.start(runtime.computers.run)
+                            if run_engine:
+                                await group.start(runtime.organizer.run)
+                            try:
+                                yield runtime
+                            finally:
+                                group.cancel_scope.cancel()
                     finally:
-                        group.cancel_scope.cancel()
+                        outer.cancel_scope.cancel()
             finally:
                 await runtime.computers.aclose()  # shielded: every computer started here stops
                 with anyio.CancelScope(shield=True):

@@ -9,10 +9,10 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -39,10 +39,22 @@ class Settings(BaseSettings):
     worker_id: str | None = None
     """Stable id of this engine process; a restart with the same id re-queues at once what its
     earlier incarnation held. Default: a fresh id per process."""
-    embedded: bool = True
-    """One process owns the store: at start it re-queues every running task."""
+    embedded: bool | None = None
+    """One process owns the store: at start it re-queues every running task. Default: on
+    SQLite yes, on PostgreSQL (scale-out: other processes' tasks are theirs) no."""
+    run_workers: bool = True
+    """``openbuda serve`` also runs tasks; ``false`` (``--no-workers``) serves the API only and
+    leaves the tasks to ``openbuda worker`` processes."""
     max_concurrent_tasks: int = Field(default=64, ge=1, le=100_000)
+    """Tasks one process runs at once."""
     max_tasks_per_space: int = Field(default=32, ge=1, le=100_000)
+    """Tasks of one space running at once, across every process of the deployment."""
+    max_tasks_per_agent: int = Field(default=32, ge=1, le=100_000)
+    """Tasks of one agent running at once, across every process (they share its computer)."""
+    tools: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """More agent tools, as ``module:attribute`` (comma-separated in ``OPENBUDA_TOOLS``): a
+    ``Tool``, an iterable of tools, or a callable without arguments returning either. Every
+    worker process loads them next to the built-in computer tools."""
     lease_seconds: float = Field(default=30.0, gt=0.05)
     heartbeat_seconds: float = Field(default=10.0, gt=0.01)
     poll_seconds: float = Field(default=1.0, gt=0.001)
@@ -148,6 +160,19 @@ class Settings(BaseSettings):
                 return key.encode()
             time.sleep(0.01)
         raise RuntimeError(f"{str(path)!r} is empty: delete it or set OPENBUDA_SECRET_KEY")
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _split_tools(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def is_embedded(self) -> bool:
+        """Whether this process alone owns the store (see ``embedded``)."""
+        if self.embedded is not None:
+            return self.embedded
+        return not self.resolved_database_url().startswith("postgresql")
 
     def resolved_computer_dir(self) -> Path:
         return self.computer_dir or self.home / "computers"

@@ -171,6 +171,48 @@ async def test_an_overflowed_subscription_is_replaced_and_caught_up() -> None:
     assert source.subscriptions >= 2
 
 
+async def test_a_resync_item_reads_the_store_and_is_never_sent(
+    running: tuple[FakeSource, Sink, anyio.abc.TaskGroup],
+) -> None:
+    source, sink, group = running
+    source.store(event(1))
+    group.start_soon(
+        lambda: follow_session(source.source(), sink, after=0, until_idle=False, heartbeat=3600)
+    )
+    await sink.wait_for(1)
+    source.store(event(2), event(3))  # their notifications were lost on the way
+    reads = source.reads
+    await source.publish({"type": "stream.resync"})
+    await sink.wait_for(3)
+    assert source.reads > reads
+    await source.publish({"type": "stream.resync", "seq": 4})  # 4 not stored yet: nothing to send
+    source.store(event(4))
+    await source.publish(event(4))
+    await sink.wait_for(4)
+    assert sink.seqs == [1, 2, 3, 4]
+    assert [m["event"] for m in sink.messages] == ["message"] * 4
+
+
+async def test_a_resync_ends_an_until_idle_stream_once_the_session_is_idle() -> None:
+    source, sink = FakeSource(), Sink()
+    source.store(event(1))
+    async with anyio.create_task_group() as group:
+        ended = anyio.Event()
+
+        async def follow() -> None:
+            await follow_session(source.source(), sink, after=0, until_idle=True, heartbeat=3600)
+            ended.set()
+
+        group.start_soon(follow)
+        await sink.wait_for(1)
+        source.store(event(2))  # the last event of the task, stored and published elsewhere
+        source.is_busy = False
+        await source.publish({"type": "stream.resync"})
+        with anyio.fail_after(5):
+            await ended.wait()
+    assert sink.seqs == [1, 2]
+
+
 async def test_until_idle_and_a_deleted_session_end_the_stream() -> None:
     source, sink = FakeSource(), Sink()
     source.store(event(1), event(2))

@@ -89,7 +89,8 @@ def stored(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def is_status(status: str) -> Predicate:
     def check(message: dict[str, Any]) -> bool:
         data = message.get("data") or {}
-        return message.get("event") == "task.status" and data.get("data") == {"status": status}
+        status_data = data.get("data") or {}
+        return message.get("event") == "task.status" and status_data.get("status") == status
 
     return check
 

@@ -74,9 +74,9 @@ class Scene:
             worker_id=worker_id,
         )
 
-    async def send(self, text: str = "go") -> tuple[str, str]:
+    async def send(self, text: str = "go", agent: Agent | None = None) -> tuple[str, str]:
         services = self.worker("client")
-        session = await services.sessions.create(self.principal, self.agent.id)
+        session = await services.sessions.create(self.principal, (agent or self.agent).id)
         accepted = await services.sessions.send(self.principal, session.id, text)
         return session.id, accepted.task_id
 
@@ -319,8 +319,10 @@ async def test_a_steer_stored_after_a_final_answer_still_reaches_the_model(scene
 async def test_a_restarted_organizer_requeues_what_it_held_at_once(
     scene: Scene, embedded: bool
 ) -> None:
+    # two agents: one agent's tasks go to the one worker its computer is placed on
+    other = await scene.worker("client").agents.create(scene.principal, name="other")
     _, mine = await scene.send("mine")
-    _, theirs = await scene.send("theirs")
+    _, theirs = await scene.send("theirs", agent=other)
     await scene.crashed_worker("w1")
     await scene.crashed_worker("w2")
 
@@ -359,9 +361,9 @@ async def test_a_started_runtime_recovers_before_it_claims(scene: Scene) -> None
     statuses = [e.data for e in await scene.events(session_id, task_id) if e.type == "task.status"]
     assert statuses == [
         {"status": "queued"},
-        {"status": "running"},
+        {"status": "running", "worker": "w1", "epoch": 1},
         {"status": "queued", "reason": "lease_expired"},
-        {"status": "running"},
+        {"status": "running", "worker": "w1", "epoch": 2},
         {"status": "completed"},
     ]
 

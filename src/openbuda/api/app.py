@@ -38,7 +38,6 @@ from openbuda.api.limits import BodyLimitMiddleware, RateLimiter
 from openbuda.api.metrics import CONTENT_TYPE, Metrics
 from openbuda.api.observe import Observer, tracer_provider_from
 from openbuda.api.routes import agents, computer, drive, identity, sessions, stream, tasks
-from openbuda.computer.tools import computer_tools
 from openbuda.engine.loop import MemoryReader
 from openbuda.engine.tools import Tool, ToolRegistry
 from openbuda.models import resolve_model
@@ -110,14 +109,15 @@ def create_app(
                 tools=None if tools is None else ToolRegistry(observer.tool(t) for t in tools),
                 memory=memory,
                 run_engine=False,  # started below, once its runs are observed
+                kind="api+worker" if run_engine else "api",
                 sandbox=sandbox,
             ) as runtime,
             anyio.create_task_group() as engine,
         ):
             organizer = runtime.organizer
-            if tools is None:  # the runtime's own (computer) tools, observed like given ones
+            if tools is None:  # the runtime's own tools (computer, remember, plugins), observed
                 organizer.deps.tools = ToolRegistry(
-                    observer.tool(t) for t in computer_tools(runtime.computers)
+                    observer.tool(t) for t in organizer.deps.tools.all()
                 )
             organizer.runner = observer.runner(organizer.deps)
             await bootstrap_instance(runtime, settings, announce)

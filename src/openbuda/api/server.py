@@ -18,7 +18,7 @@ def serve(settings: Settings) -> None:
     """Run the server until interrupted (SIGINT/SIGTERM stop it gracefully)."""
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     _announce_model(settings)
-    app = create_app(settings)
+    app = create_app(settings, run_engine=settings.run_workers)
     config = uvicorn.Config(
         app,
         host=settings.host,

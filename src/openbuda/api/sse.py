@@ -7,8 +7,12 @@ writer's events arrived first, or the subscription overflowed and was replaced) 
 the missing ones from the store. Ephemeral events (``text.delta``, ``tool.output``) are sent
 as they come, without an ``id:`` line.
 
+An item ``{"type": "stream.resync"}`` from the subscription (the bus lost notifications, or
+one event was too big to carry; ``openbuda.engine.bus``) is never sent: it makes the stream read
+the store, as a gap does.
+
 After ``heartbeat`` seconds without data a comment line is sent; at that moment the store is
-also read for events published elsewhere (another API process). With ``until_idle`` the stream
+also read, a safety net for events no notification brought. With ``until_idle`` the stream
 ends once no task of the session is queued or running — after sending every stored event.
 
 ``EventStreamResponse`` runs a producer against the connection and stops it when the client
@@ -29,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from openbuda.api._json import dumps
 from openbuda.domain.records import Event
+from openbuda.engine.bus import RESYNC
 from openbuda.ports import Subscription
 
 __all__ = [
@@ -162,6 +167,11 @@ class _Follow:
                 if item is None:  # the subscription ended: it fell too far behind
                     await self.catch_up()
                     return True
+                if item.get("type") == RESYNC:  # live events may have been lost: read them
+                    await self.catch_up()
+                    if self.until_idle and await self.finished():
+                        return False
+                    continue
                 seq = item.get("seq")
                 if not isinstance(seq, int):
                     await self.send(format_event(item))

@@ -88,6 +88,10 @@ class Computers:
         entry = self._entries.get(agent_id)
         return None if entry is None else entry.sandbox
 
+    def placed(self) -> list[tuple[str, str]]:
+        """``(space_id, agent_id)`` of every computer connected here (awake or asleep)."""
+        return [(e.sandbox.spec.space_id, agent_id) for agent_id, e in self._entries.items()]
+
     def touch(self, agent_id: str) -> None:
         entry = self._entries.get(agent_id)
         if entry is not None:

@@ -1,12 +1,18 @@
 """The organizer: decides what runs when, in one engine process.
 
 - claims queued tasks with a lease (``lease_owner``, ``lease_until``, a fencing
-  ``lease_epoch``), a bounded pool of concurrent runs per process and per space, with fair turns
-  across spaces so one busy tenant never starves the others;
-- heartbeats the leases of the runs it holds;
+  ``lease_epoch``): a bounded pool of concurrent runs per process; limits per space and per
+  agent counted over *every* process's running tasks in the claim's transaction (under the
+  store's claim lock, so they hold across processes); fair turns across spaces (each slot goes
+  to the space with the fewest tasks running anywhere) so one busy tenant never starves others;
+- honours the placement of computers: an agent's tasks are claimed by the worker its computer
+  lives on while that placement's lease holds; a claim places the computer here otherwise;
+- heartbeats the leases of the runs it holds and the placements of the computers it keeps; a
+  computer whose placement another worker took over (this one stalled) is stopped here;
 - reaps leases that expired anywhere (``running -> queued``, reason ``lease_expired``);
 - at start re-queues what an earlier incarnation of this worker held (in the embedded mode:
-  every running task), so recovery after a restart takes well under a second.
+  every running task), so recovery after a restart takes well under a second; on a clean stop
+  gives back its tasks and its placements.
 
 A waiting task costs nothing here: it holds no lease and no coroutine. Model calls are I/O, so
 one process keeps many runs in flight as coroutines of one task group.
@@ -15,9 +21,9 @@ one process keeps many runs in flight as coroutines of one task group.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,24 +37,59 @@ from openbuda.engine.loop import EngineDeps, TaskRunner
 from openbuda.ports import Fence, TaskChange, WriteTx
 from openbuda.service.transitions import transition
 
-__all__ = ["Organizer"]
+__all__ = ["ComputerHost", "Organizer"]
 
 log = logging.getLogger("openbuda.engine")
 
 LEASE_EXPIRED = "lease_expired"
 
 
+class ComputerHost(Protocol):
+    """The computers this process keeps (``computer.Computers``)."""
+
+    def placed(self) -> Iterable[tuple[str, str]]:
+        """``(space_id, agent_id)`` of every computer connected here."""
+        ...
+
+    async def forget(self, agent_id: str) -> None:
+        """Stop the agent's computer here (its ``/agent`` files stay)."""
+        ...
+
+
+class _NoComputers:
+    def placed(self) -> Iterable[tuple[str, str]]:
+        return ()
+
+    async def forget(self, agent_id: str) -> None:
+        return None
+
+
+def new_worker_id() -> str:
+    return new_id("task").replace("tsk_", "wrk_")
+
+
 class Organizer:
-    def __init__(self, deps: EngineDeps, *, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        deps: EngineDeps,
+        *,
+        worker_id: str | None = None,
+        computers: ComputerHost | None = None,
+    ) -> None:
         self.deps = deps
         settings = deps.settings
-        self.worker_id = worker_id or settings.worker_id or new_id("task").replace("tsk_", "wrk_")
+        self.worker_id = worker_id or settings.worker_id or new_worker_id()
         self.max_concurrent = settings.max_concurrent_tasks
         self.max_per_space = settings.max_tasks_per_space
+        self.max_per_agent = settings.max_tasks_per_agent
         self.runner = TaskRunner(deps)
+        self.computers: ComputerHost = computers or _NoComputers()
+        self.announce: Callable[[], None] = self.wake
+        """Tells every process's workers that tasks were queued (the bus; default: here)."""
         self._wake = anyio.Event()
         self._running: dict[str, anyio.CancelScope] = {}
-        self._per_space: Counter[str] = Counter()
+        self._agents: dict[str, tuple[str, str]] = {}
+        """``(space_id, agent_id)`` of each task running here."""
         self.started = anyio.Event()
 
     # -- hooks for services --------------------------------------------------------------------
@@ -83,12 +124,19 @@ class Organizer:
             with anyio.CancelScope(shield=True):
                 try:
                     await self._requeue_owned(self.worker_id)
+                    async with self.deps.store.write() as tx:
+                        await tx.release_computers(self.worker_id, None)
                 except Exception:  # the store may be gone already; the reaper will see to it
                     log.exception("could not re-queue the tasks of worker %s", self.worker_id)
 
     async def recover(self) -> int:
-        """Re-queue the running tasks of an earlier incarnation (embedded: all of them)."""
-        count = await self._requeue_owned(None if self.deps.settings.embedded else self.worker_id)
+        """Re-queue the running tasks of an earlier incarnation (embedded: all of them, and
+        every computer placement goes: no other process runs anything)."""
+        embedded = self.deps.settings.is_embedded()
+        if embedded:
+            async with self.deps.store.write() as tx:
+                await tx.release_computers(None, None)
+        count = await self._requeue_owned(None if embedded else self.worker_id)
         if count:
             log.info("re-queued %d task(s) left running by an earlier process", count)
         return count
@@ -100,7 +148,7 @@ class Organizer:
                 published += await self._requeue_one(tx, task)
         await self._publish(published)
         if published:
-            self.wake()
+            self.announce()
         return sum(1 for e in published if e.type == "task.status")
 
     async def _requeue_one(self, tx: WriteTx, task: Task) -> list[Event]:
@@ -136,7 +184,7 @@ class Organizer:
             for task in claimed:
                 scope = anyio.CancelScope()
                 self._running[task.id] = scope
-                self._per_space[task.space_id] += 1
+                self._agents[task.id] = (task.space_id, task.agent_id)
                 group.start_soon(self._run_one, task, scope)
             if claimed and len(claimed) == free:
                 continue
@@ -144,16 +192,26 @@ class Organizer:
                 await self._wake.wait()
 
     async def claim(self, limit: int) -> list[Task]:
-        """Claim up to ``limit`` queued tasks, in fair turns across spaces."""
+        """Claim up to ``limit`` queued tasks, in fair turns across spaces, within the limits
+        per space and per agent counted over every process's running tasks."""
         claimed: list[Task] = []
         published: list[Event] = []
         async with self.deps.store.write() as tx:
-            # the time once the write lock is ours: a claim that waited for the session's
+            # the claim lock first (PostgreSQL): the counts stay true until this commits
+            per_space, per_agent = await tx.running_counts()
+            # the time once the locks are ours: a claim that waited for the session's
             # previous task to finish must not start before it ended
             now = self.deps.clock.now()
             lease_until = now + timedelta(seconds=self.deps.settings.lease_seconds)
-            candidates = await tx.claimable_tasks(now, max(limit * 4, 16))
-            for task in self._fair_order(candidates, limit):
+            candidates = await tx.claimable_tasks(now, max(limit * 4, 16), self.worker_id)
+            chosen = self._fair_order(candidates, limit, per_space, per_agent)
+            if not chosen:
+                return []
+            agents = [(task.space_id, task.agent_id) for task in chosen]
+            placed = await tx.place_computers(self.worker_id, agents, lease_until, now)
+            for task in chosen:
+                if task.agent_id not in placed:  # another worker's computer since the read
+                    continue
                 outcome = await transition(
                     tx,
                     TaskChange(
@@ -174,23 +232,34 @@ class Organizer:
         await self._publish(published)
         return claimed
 
-    def _fair_order(self, candidates: Sequence[Task], limit: int) -> list[Task]:
-        """Fair turns across spaces, within the per-space limit: each slot goes to the space
-        with the fewest tasks running here (ties: the order of the candidates), oldest first
-        within a space. A space that just freed one of many slots does not take it back before
-        a space with nothing running got its turn."""
+    def _fair_order(
+        self,
+        candidates: Sequence[Task],
+        limit: int,
+        per_space: dict[str, int],
+        per_agent: dict[str, int],
+    ) -> list[Task]:
+        """Fair turns across spaces within the limits: each slot goes to the space with the
+        fewest tasks running anywhere (ties: the order of the candidates), oldest first within
+        a space, skipping agents at their limit. A space that just freed one of many slots
+        does not take it back before a space with nothing running got its turn."""
         queues: dict[str, list[Task]] = {}
         for task in candidates:
             queues.setdefault(task.space_id, []).append(task)
-        load = {space: self._per_space[space] for space in queues}
+        space_load = {space: per_space.get(space, 0) for space in queues}
+        agent_load = dict(per_agent)
         chosen: list[Task] = []
         while len(chosen) < limit:
-            ready = [s for s, queue in queues.items() if queue and load[s] < self.max_per_space]
+            for queue in queues.values():  # drop what an agent at its limit cannot start
+                queue[:] = [t for t in queue if agent_load.get(t.agent_id, 0) < self.max_per_agent]
+            ready = [s for s, q in queues.items() if q and space_load[s] < self.max_per_space]
             if not ready:
                 break
-            space = min(ready, key=load.__getitem__)
-            chosen.append(queues[space].pop(0))
-            load[space] += 1
+            space = min(ready, key=space_load.__getitem__)
+            task = queues[space].pop(0)
+            chosen.append(task)
+            space_load[space] += 1
+            agent_load[task.agent_id] = agent_load.get(task.agent_id, 0) + 1
         return chosen
 
     async def _run_one(self, task: Task, scope: anyio.CancelScope) -> None:
@@ -213,9 +282,7 @@ class Organizer:
             await self._fail_internal(task, error)
         finally:
             self._running.pop(task.id, None)
-            self._per_space[task.space_id] -= 1
-            if self._per_space[task.space_id] <= 0:
-                del self._per_space[task.space_id]
+            self._agents.pop(task.id, None)
             self.wake()
 
     async def _fail_internal(self, task: Task, error: Exception) -> None:
@@ -246,17 +313,28 @@ class Organizer:
     # -- leases --------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        settings = self.deps.settings
         while True:
-            await anyio.sleep(settings.heartbeat_seconds)
-            if not self._running:
-                continue
-            until = self.deps.clock.now() + timedelta(seconds=settings.lease_seconds)
+            await anyio.sleep(self.deps.settings.heartbeat_seconds)
             try:
-                async with self.deps.store.write() as tx:
-                    await tx.extend_leases(self.worker_id, list(self._running), until)
+                await self.heartbeat()
             except Exception:
                 log.exception("heartbeat failed")
+
+    async def heartbeat(self) -> None:
+        """Extend the leases of the runs held here and the placements of the computers kept
+        here; stop the computers whose placement another worker took over meanwhile."""
+        now = self.deps.clock.now()
+        until = now + timedelta(seconds=self.deps.settings.lease_seconds)
+        kept = list(self.computers.placed())
+        agents = {*kept, *self._agents.values()}
+        async with self.deps.store.write() as tx:
+            if self._running:
+                await tx.extend_leases(self.worker_id, list(self._running), until)
+            placed = await tx.place_computers(self.worker_id, sorted(agents), until, now)
+        for _space, agent_id in kept:
+            if agent_id not in placed:
+                log.warning("the computer of agent %s now lives elsewhere: stopping it", agent_id)
+                await self.computers.forget(agent_id)
 
     async def _reaper_loop(self) -> None:
         settings = self.deps.settings
@@ -280,7 +358,7 @@ class Organizer:
         await self._publish(published)
         if count:
             log.warning("re-queued %d task(s) whose lease expired", count)
-            self.wake()
+            self.announce()
         return count
 
     async def _publish(self, events: Sequence[Event]) -> None:

@@ -7,9 +7,10 @@ key, any other tool gets an ``interrupted`` result and the model decides.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard, cast
 
 from openbuda.domain.conversation import ToolSpec
 from openbuda.domain.records import Agent, Session
@@ -25,6 +26,7 @@ __all__ = [
     "ToolOutcome",
     "ToolRegistry",
     "check_args",
+    "load_tools",
 ]
 
 ASK_USER = "ask_user"
@@ -141,6 +143,9 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
+    def all(self) -> list[Tool]:
+        return list(self._tools.values())
+
     def for_agent(self, agent: Agent) -> Mapping[str, Tool]:
         enabled = agent.settings.tools
         if enabled is None:
@@ -186,3 +191,40 @@ def check_args(spec: ToolSpec, args: Mapping[str, Any]) -> str | None:
         if "enum" in prop and value not in prop["enum"]:
             return f"{spec.name}: argument {name!r} must be one of {prop['enum']!r}"
     return None
+
+
+def load_tools(specs: Iterable[str]) -> list[Tool]:
+    """The tools named by ``module:attribute`` specs (``Settings.tools``): each attribute is a
+    ``Tool``, an iterable of tools, or a callable without arguments returning either.
+
+    Raises ``ValueError`` naming the spec that cannot be loaded, so a process refuses to start
+    rather than run agents without a tool they were promised.
+    """
+    loaded: list[Tool] = []
+    for spec in specs:
+        module_name, _, attribute = spec.partition(":")
+        if not module_name or not attribute:
+            raise ValueError(f"tool plugin {spec!r}: expected 'module:attribute'")
+        try:
+            value: object = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"tool plugin {spec!r} cannot be loaded: {error}") from error
+        if callable(value) and not _is_tool(value):
+            value = value()
+        found: list[object] = (
+            [value]
+            if _is_tool(value)
+            else list(cast(Iterable[object], value))
+            if isinstance(value, Iterable)
+            else []
+        )
+        tools = [item for item in found if _is_tool(item)]
+        if not found or len(tools) != len(found):
+            raise ValueError(f"tool plugin {spec!r} is not a Tool nor an iterable of Tools")
+        loaded += tools
+    return loaded
+
+
+def _is_tool(value: object) -> TypeGuard[Tool]:
+    spec = getattr(value, "spec", None)
+    return isinstance(spec, ToolSpec) and callable(getattr(value, "run", None))

@@ -14,10 +14,17 @@ from openbuda.ports import TaskChange, WriteTx
 __all__ = ["status_event", "transition", "transition_or_raise"]
 
 
-def status_event(task_id: str, status: TaskStatus, reason: str | None = None) -> NewEvent:
-    data: dict[str, str] = {"status": status.value}
+def status_event(
+    task_id: str, status: TaskStatus, reason: str | None = None, *, lease: Task | None = None
+) -> NewEvent:
+    """The ``task.status`` event; a claim (``lease``: the claimed task) also names the worker
+    and the lease epoch, so that the log shows which process ran each attempt."""
+    data: dict[str, str | int] = {"status": status.value}
     if reason is not None:
         data["reason"] = reason
+    if lease is not None and lease.lease_owner is not None:
+        data["worker"] = lease.lease_owner
+        data["epoch"] = lease.lease_epoch
     return NewEvent(EventType.TASK_STATUS, data, task_id=task_id)
 
 
@@ -41,7 +48,9 @@ async def transition(
     task = await tx.change_task(change)
     if task is None:
         return None
-    events = [*(before or []), status_event(task.id, change.target, reason), *(after or [])]
+    claimed = task if change.lease_owner is not None else None
+    status = status_event(task.id, change.target, reason, lease=claimed)
+    events = [*(before or []), status, *(after or [])]
     stored = await tx.append(change.space_id, session_id, events, change.now)
     return task, stored
 

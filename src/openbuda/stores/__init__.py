@@ -39,18 +39,21 @@ def normalize_url(url: str) -> str:
     return f"{_ALIASES.get(scheme, scheme)}://{rest}"
 
 
-def open_store(url: str, *, synchronous: str = "NORMAL") -> SqlStore:
+def open_store(
+    url: str, *, synchronous: str = "NORMAL", application_name: str | None = None
+) -> SqlStore:
     """A store for ``url``; call ``await store.migrate()`` before first use, ``close()`` after.
 
     ``synchronous`` is SQLite's ``PRAGMA synchronous`` level (``NORMAL`` or ``FULL``, see
-    ``Settings.sqlite_synchronous``); PostgreSQL ignores it.
+    ``Settings.sqlite_synchronous``); PostgreSQL ignores it. ``application_name`` names the
+    PostgreSQL connections (``pg_stat_activity``: which process holds which connection).
     """
     url = normalize_url(url)
     scheme = url.partition("://")[0]
     if scheme == "sqlite+aiosqlite":
         return SqliteStore(url, synchronous=synchronous)
     if scheme == "postgresql+asyncpg":
-        return PostgresStore(url)
+        return PostgresStore(url, application_name=application_name)
     raise ValueError(
         f"unsupported database URL {url!r}: use sqlite+aiosqlite:///file or "
         "postgresql+asyncpg://user@host/db"

@@ -15,6 +15,7 @@ from sqlalchemy import Executable, select
 from openbuda.domain.records import Agent, ApiKey, Event, Member, Role, Session, Space, Task
 from openbuda.domain.states import SessionStatus, TaskStatus
 from openbuda.ports import ContextProjection, ListSessions, ListTasks, Page, ReadEvents
+from openbuda.stores._cluster import ClusterReads
 from openbuda.stores._codec import (
     agent_from_row,
     api_key_from_row,
@@ -73,7 +74,7 @@ _SESSION_CURSOR: Final = "ses"
 _TASK_CURSOR: Final = "tsk"
 
 
-class SqlReadTx(DriveReads):
+class SqlReadTx(DriveReads, ClusterReads):
     """The read primitives over one connection in a transaction."""
 
     def __init__(self, runner: StatementRunner, traits: DialectTraits) -> None:

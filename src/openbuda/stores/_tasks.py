@@ -26,7 +26,7 @@ from openbuda.stores._changes import change_statement
 from openbuda.stores._codec import task_from_row
 from openbuda.stores._queries import BLOCKING, TASK_SESSION_LOCK, p_int, p_str, p_time
 from openbuda.stores._reads import SqlReadTx
-from openbuda.stores.schema import sessions, tasks
+from openbuda.stores.schema import computer_placements, sessions, tasks
 
 __all__ = ["FENCE_CHECK", "TaskWrites"]
 
@@ -99,6 +99,7 @@ def _claimable() -> Any:
         )
         .subquery("free_task")
     )
+    placed = computer_placements
     return (
         select(tasks)
         .select_from(
@@ -106,7 +107,16 @@ def _claimable() -> Any:
                 sessions, sessions.c.id == tasks.c.session_id
             )
         )
-        .where(tasks.c.status == "queued")
+        .where(
+            tasks.c.status == "queued",
+            # the agent's computer lives on another worker: its tasks are that worker's (a
+            # ``NULL`` worker compares unknown, so a claim without one sees every task)
+            ~exists().where(
+                placed.c.agent_id == tasks.c.agent_id,
+                placed.c.worker_id != p_str("worker"),
+                placed.c.lease_until >= p_time("now"),
+            ),
+        )
         .order_by(free.c.turn, tasks.c.created_at, tasks.c.id)
         .limit(p_int("limit"))
         .with_for_update(skip_locked=True, of=[tasks, sessions])
@@ -214,10 +224,13 @@ class TaskWrites(SqlReadTx):
         parameters = {"task": task_id, "space": space_id}
         return (await self._execute(_ADD_STEER, parameters)).rowcount == 1
 
-    async def claimable_tasks(self, now: datetime, limit: int) -> list[Task]:
+    async def claimable_tasks(
+        self, now: datetime, limit: int, worker_id: str | None = None
+    ) -> list[Task]:
         if limit < 1:
             return []
-        rows = (await self._execute(_CLAIMABLE, {"limit": limit})).all()
+        parameters = {"limit": limit, "worker": worker_id, "now": now}
+        rows = (await self._execute(_CLAIMABLE, parameters)).all()
         return [task_from_row(row) for row in rows]
 
     async def expired_leases(self, now: datetime, limit: int) -> list[Task]:

@@ -25,6 +25,7 @@ from openbuda.domain.records import Event, Session
 from openbuda.domain.states import derive_session_status
 from openbuda.ports import ContextProjection, Fence, NewSession
 from openbuda.stores._accounts import AccountWrites
+from openbuda.stores._cluster import ClusterWrites
 from openbuda.stores._codec import dump_json, session_from_row, token_estimate
 from openbuda.stores._drive import DriveWrites
 from openbuda.stores._queries import AGENT_IDLE_TIMEOUT, SESSION_FOR_UPDATE, p_int, p_str, p_time
@@ -63,7 +64,7 @@ _PUT_CONTEXT: Final = (
 )
 
 
-class SqlWriteTx(DriveWrites, AccountWrites):
+class SqlWriteTx(DriveWrites, ClusterWrites, AccountWrites):
     """Everything ``WriteTx`` can do, over one write transaction."""
 
     # -- events -----------------------------------------------------------------------------

@@ -41,12 +41,14 @@ _MIGRATION_LOCK: Final = text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY
 class PostgresStore(SqlStore):
     """A store in a PostgreSQL database (``postgresql+asyncpg://user@host/db``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, application_name: str | None = None) -> None:
+        settings = {"application_name": application_name[:63]} if application_name else {}
         self._engine = create_async_engine(
             url,
             pool_size=_POOL_SIZE,
             max_overflow=_POOL_OVERFLOW,
             isolation_level="READ COMMITTED",
+            connect_args={"server_settings": settings} if settings else {},
         )
         super().__init__(url, traits=_TRAITS, write_engine=self._engine.sync_engine)
 

@@ -45,12 +45,14 @@ __all__ = [
     "UtcDateTime",
     "agents",
     "api_keys",
+    "computer_placements",
     "drive_files",
     "drive_versions",
     "drives",
     "events",
     "members",
     "metadata",
+    "processes",
     "sessions",
     "spaces",
     "tasks",
@@ -323,3 +325,37 @@ drive_versions: Final = Table(
 """Every version of every path, numbered per path from 1. Who made it (``member_id``, or
 ``agent_id`` with ``task_id`` and ``session_id``) is kept without foreign keys, so the history
 survives the deletion of the member, session or task."""
+
+WORKER_ID_LENGTH: Final = 200
+"""Worker ids are chosen by operators (``--worker-id``): room for a host name and more."""
+_KIND_CHECK: Final = "kind IN ('api', 'worker', 'api+worker')"
+
+processes: Final = Table(
+    "processes",
+    metadata,
+    Column("id", String(WORKER_ID_LENGTH), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(64), nullable=False),
+    _time("started_at"),
+    _time("seen_at"),
+    CheckConstraint(_KIND_CHECK, name="kind"),
+)
+"""The API and worker processes of a deployment (``openbuda status``); ``seen_at`` is the last
+heartbeat. A process removes its row when it stops cleanly; a dead one's row stays, shown as
+not seen for a while, until a process with the same id starts again."""
+
+computer_placements: Final = Table(
+    "computer_placements",
+    metadata,
+    _id("agent_id", primary_key=True),
+    _id("space_id", nullable=False),
+    Column("worker_id", String(WORKER_ID_LENGTH), nullable=False),
+    _time("lease_until"),
+    _time("placed_at"),
+    Index(None, "worker_id"),
+)
+"""Which worker an agent's computer lives on, with a lease its worker's heartbeat extends: the
+agent's tasks are claimed only there while the lease holds; once it runs out any worker may take
+the placement over and re-create the computer from the Agent Drive."""
