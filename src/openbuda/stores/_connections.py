@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from sqlalchemy import Connection, Engine, Executable, Row
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
@@ -90,10 +90,24 @@ class _AsyncRunner:
         self._connection = connection
 
     async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
-        return Rows.of(await self._connection.execute(statement, parameters))
+        try:
+            return Rows.of(await self._connection.execute(statement, parameters))
+        except DBAPIError as error:
+            lost = _lost(error)
+            if lost is None:
+                raise
+            raise lost from error
 
     async def run_sync(self, function: Callable[[Connection], T]) -> T:
         return await self._connection.run_sync(function)
+
+
+def _lost(error: DBAPIError) -> Unavailable | None:
+    """``Unavailable`` (retryable) when the database connection broke (the server restarted,
+    an administrator terminated it): not a fault of the work that was running on it."""
+    if not error.connection_invalidated:
+        return None
+    return Unavailable("the database connection was lost; the work is retried")
 
 
 @asynccontextmanager
@@ -108,7 +122,15 @@ async def async_transaction(engine: AsyncEngine) -> AsyncGenerator[StatementRunn
                 await transaction.rollback()
             raise
         with anyio.CancelScope(shield=True):
-            await transaction.commit()
+            try:
+                await transaction.commit()
+            except DBAPIError as error:
+                lost = _lost(error)
+                if lost is None:
+                    raise
+                raise lost from error
+            except PendingRollbackError as error:  # it broke under a statement caught above
+                raise Unavailable("the database connection was lost; nothing was saved") from error
     finally:
         with anyio.CancelScope(shield=True):
             await connection.close()
@@ -122,6 +144,8 @@ async def _begin(engine: AsyncEngine) -> tuple[AsyncConnection, AsyncTransaction
             raise Unavailable(
                 "no database connection was free in time; the pool is exhausted"
             ) from error
+        except (DBAPIError, OSError) as error:  # the server is down or restarting
+            raise Unavailable(f"cannot reach the database: {error}") from error
         try:
             transaction = await connection.begin()
         except BaseException:

@@ -48,6 +48,7 @@ class PostgresStore(SqlStore):
             pool_size=_POOL_SIZE,
             max_overflow=_POOL_OVERFLOW,
             isolation_level="READ COMMITTED",
+            pool_pre_ping=True,  # a restarted server leaves the pool's connections dead
             connect_args={"server_settings": settings} if settings else {},
         )
         super().__init__(url, traits=_TRAITS, write_engine=self._engine.sync_engine)

@@ -1,0 +1,44 @@
+"""A PostgreSQL connection that breaks under a transaction (the server restarted, an operator
+terminated it) raises ``Unavailable``, the retryable error the engine re-queues on, and the
+pool gives the next transaction a working connection."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from openbuda.domain.errors import Unavailable
+from openbuda.stores import SqlStore, open_store
+from tests.conftest import PostgresServer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_terminated_connection_is_unavailable_then_replaced(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    store: SqlStore = open_store(postgres_server.store_url(postgres_database))
+    try:
+        async with store._connect(write=True) as runner:  # pyright: ignore[reportPrivateUsage]
+            pid = (await runner.execute(text("SELECT pg_backend_pid()"))).scalar()
+        postgres_server.execute(f"SELECT pg_terminate_backend({int(pid)})")
+        own: list[int] = []
+
+        async def killed_under_a_transaction() -> None:
+            async with store._connect(write=True) as runner:  # pyright: ignore[reportPrivateUsage]
+                # the pool's ping replaced the dead connection; kill the replacement under
+                # the open transaction
+                own.append((await runner.execute(text("SELECT pg_backend_pid()"))).scalar())
+                postgres_server.execute(f"SELECT pg_terminate_backend({own[0]})")
+                await runner.execute(text("SELECT 1"))
+
+        with pytest.raises(Unavailable):
+            await killed_under_a_transaction()
+        assert own[0] != pid
+        async with store._connect(write=True) as runner:  # pyright: ignore[reportPrivateUsage]
+            assert (await runner.execute(text("SELECT pg_backend_pid()"))).scalar() not in (
+                pid,
+                own[0],
+            ), "a fresh connection"
+    finally:
+        await store.close()
