@@ -4,11 +4,13 @@ pool gives the next transaction a working connection."""
 
 from __future__ import annotations
 
+import asyncpg  # pyright: ignore[reportMissingTypeStubs]
 import pytest
 from sqlalchemy import text
 
 from openbuda.domain.errors import Unavailable
 from openbuda.stores import SqlStore, open_store
+from openbuda.stores._connections import _connection_failure  # pyright: ignore[reportPrivateUsage]
 from tests.conftest import PostgresServer
 
 pytestmark = pytest.mark.anyio
@@ -42,3 +44,17 @@ async def test_a_terminated_connection_is_unavailable_then_replaced(
             ), "a fresh connection"
     finally:
         await store.close()
+
+
+def test_what_counts_as_a_lost_connection() -> None:
+    wrapped = RuntimeError("the driver's wrapper")
+    wrapped.__cause__ = asyncpg.exceptions.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation"
+    )
+    assert _connection_failure(wrapped)
+    assert _connection_failure(ConnectionResetError(104, "Connection reset by peer"))
+    assert _connection_failure(asyncpg.exceptions.AdminShutdownError("terminated"))
+    assert _connection_failure(asyncpg.exceptions.CannotConnectNowError("starting up"))
+    assert not _connection_failure(asyncpg.exceptions.UniqueViolationError("duplicate key"))
+    assert not _connection_failure(asyncpg.exceptions.SerializationError("retry me"))
+    assert not _connection_failure(None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import anyio
 from sqlalchemy import Connection, Engine, Executable, Row
@@ -105,9 +105,28 @@ class _AsyncRunner:
 def _lost(error: DBAPIError) -> Unavailable | None:
     """``Unavailable`` (retryable) when the database connection broke (the server restarted,
     an administrator terminated it): not a fault of the work that was running on it."""
-    if not error.connection_invalidated:
-        return None
-    return Unavailable("the database connection was lost; the work is retried")
+    if error.connection_invalidated or _connection_failure(error.orig):
+        return Unavailable("the database connection was lost; the work is retried")
+    return None
+
+
+_LOST_STATES: Final = ("08", "57P")
+"""SQLSTATE classes of a broken connection: ``08`` connection exceptions (asyncpg's
+``ConnectionDoesNotExistError`` is ``08003``), ``57P`` operator intervention (admin or crash
+shutdown, cannot connect now)."""
+
+
+def _connection_failure(orig: BaseException | None) -> bool:
+    """Whether the driver's error (or what it wraps) says the connection itself failed."""
+    seen = 0
+    while orig is not None and seen < 4:
+        if isinstance(orig, OSError):
+            return True
+        state = getattr(orig, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_LOST_STATES):
+            return True
+        orig, seen = orig.__cause__, seen + 1
+    return False
 
 
 @asynccontextmanager
