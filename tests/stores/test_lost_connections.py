@@ -58,3 +58,10 @@ def test_what_counts_as_a_lost_connection() -> None:
     assert not _connection_failure(asyncpg.exceptions.UniqueViolationError("duplicate key"))
     assert not _connection_failure(asyncpg.exceptions.SerializationError("retry me"))
     assert not _connection_failure(None)
+
+
+def test_a_driver_error_left_by_a_broken_connection_is_lost_too() -> None:
+    busy = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert _connection_failure(busy)

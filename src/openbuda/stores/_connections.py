@@ -92,25 +92,38 @@ class _AsyncRunner:
     async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
         try:
             return Rows.of(await self._connection.execute(statement, parameters))
-        except DBAPIError as error:
+        except Exception as error:
             lost = _lost(error)
             if lost is None:
                 raise
             raise lost from error
 
     async def run_sync(self, function: Callable[[Connection], T]) -> T:
-        return await self._connection.run_sync(function)
+        try:
+            return await self._connection.run_sync(function)
+        except Exception as error:
+            lost = _lost(error)
+            if lost is None:
+                raise
+            raise lost from error
 
 
-def _lost(error: DBAPIError) -> Unavailable | None:
+def _lost(error: Exception) -> Unavailable | None:
     """``Unavailable`` (retryable) when the database connection broke (the server restarted,
     an administrator terminated it): not a fault of the work that was running on it."""
-    if error.connection_invalidated or _connection_failure(error.orig):
+    if isinstance(error, DBAPIError):
+        lost = error.connection_invalidated or _connection_failure(error.orig)
+    else:  # the driver's own error, untranslated (``run_sync`` code, a broken protocol state)
+        lost = _connection_failure(error)
+    if lost:
         return Unavailable("the database connection was lost; the work is retried")
     return None
 
 
 _LOST_STATES: Final = ("08", "57P")
+_LOST_CLASSES: Final = frozenset({"InternalClientError", "ConnectionDoesNotExistError"})
+"""asyncpg errors without such a state that a connection broken under an operation leaves
+(``cannot switch to state …; another operation is in progress``)."""
 """SQLSTATE classes of a broken connection: ``08`` connection exceptions (asyncpg's
 ``ConnectionDoesNotExistError`` is ``08003``), ``57P`` operator intervention (admin or crash
 shutdown, cannot connect now)."""
@@ -120,7 +133,7 @@ def _connection_failure(orig: BaseException | None) -> bool:
     """Whether the driver's error (or what it wraps) says the connection itself failed."""
     seen = 0
     while orig is not None and seen < 4:
-        if isinstance(orig, OSError):
+        if isinstance(orig, OSError) or type(orig).__name__ in _LOST_CLASSES:
             return True
         state = getattr(orig, "sqlstate", None)
         if isinstance(state, str) and state.startswith(_LOST_STATES):
@@ -143,13 +156,13 @@ async def async_transaction(engine: AsyncEngine) -> AsyncGenerator[StatementRunn
         with anyio.CancelScope(shield=True):
             try:
                 await transaction.commit()
-            except DBAPIError as error:
+            except PendingRollbackError as error:  # it broke under a statement caught above
+                raise Unavailable("the database connection was lost; nothing was saved") from error
+            except Exception as error:
                 lost = _lost(error)
                 if lost is None:
                     raise
                 raise lost from error
-            except PendingRollbackError as error:  # it broke under a statement caught above
-                raise Unavailable("the database connection was lost; nothing was saved") from error
     finally:
         with anyio.CancelScope(shield=True):
             await connection.close()
