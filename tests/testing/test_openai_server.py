@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from openbuda.testing.openai_server import OpenAIServer, Script
+from openbuda.testing.openai_server import OpenAIServer, Script, load_responder
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "What is the weather in Paris?"}]}
 TOOLS = [
@@ -241,3 +241,84 @@ def test_runs_as_a_subprocess(tmp_path: Path, http: httpx.Client) -> None:
     assert "openai_server stopped" in stderr
     assert first["choices"][0]["message"]["content"] == "first"
     assert second["choices"][0]["message"]["content"] == "echo: What is the weather in Paris?"
+
+
+def test_responder_answers_from_the_request(http: httpx.Client) -> None:
+    def responder(body: Mapping[str, Any]) -> dict[str, Any] | None:
+        last = body["messages"][-1]["content"]
+        return {"text": f"{len(body['messages'])}: {last}"} if last != "pass" else None
+
+    script = Script(
+        [{"text": "queued first"}],
+        rules=[{"when": {"user_contains": "rule"}, "text": "by rule"}],
+        default={"text": "by default"},
+        responder=responder,
+    )
+    two = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+    with OpenAIServer(script) as server:
+        replies = [
+            chat(http, server, messages=two),
+            chat(http, server, messages=[{"role": "user", "content": "a rule"}]),
+            chat(http, server, messages=two),
+            chat(http, server, messages=[{"role": "user", "content": "pass"}]),
+        ]
+
+    assert [r["choices"][0]["message"]["content"] for r in replies] == [
+        "queued first",  # rules, then queued replies come before the responder
+        "by rule",
+        "2: hi",
+        "by default",  # the responder gave nothing
+    ]
+
+
+def test_a_failing_responder_is_a_500_that_says_why(http: httpx.Client) -> None:
+    def responder(body: Mapping[str, Any]) -> dict[str, Any] | None:
+        raise KeyError("plan")
+
+    with OpenAIServer(Script(responder=responder)) as server:
+        response = http.post(f"{server.base_url}/chat/completions", json=CHAT)
+
+    assert response.status_code == 500
+    assert "responder failed: KeyError('plan')" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("no_colon", "module:function"),
+        ("json:", "module:function"),
+        ("json:__name__", "not callable"),
+    ],
+)
+def test_bad_responders_are_refused(target: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        load_responder(target)
+
+
+def test_subprocess_with_a_responder(http: httpx.Client) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openbuda.testing.openai_server",
+            "--responder",
+            "tests.scaleout.model:respond",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().rsplit(" ", 1)[1].strip()
+        planned = {"model": "m", "messages": [{"role": "user", "content": "[t1] plan:"}]}
+        answered = http.post(f"{base_url}/chat/completions", json=planned).json()
+        unplanned = http.post(f"{base_url}/chat/completions", json=CHAT)
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+    assert answered["choices"][0]["message"]["content"] == "done t1"
+    assert unplanned.status_code == 500  # no plan, no default: nothing to answer with
+    assert "script exhausted" in unplanned.json()["error"]["message"]

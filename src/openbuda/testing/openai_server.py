@@ -31,6 +31,16 @@ Either a list of replies, answered in order, or an object::
 
 A request that finds nothing to answer with gets HTTP 500 ``script exhausted``.
 
+Responders
+----------
+A script may also hold a *responder*: a function from the request's JSON body to a reply (or
+``None`` to fall through to the default), consulted after the rules and the queued replies.
+When the reply must depend only on what the request says, not on the order requests arrive
+in, a responder does it: many concurrent conversations, or a conversation whose model call is
+made again after a crash, get the answer their messages call for. In code,
+``Script(responder=fn)``; on the command line ``--responder package.module:function`` (the
+module must be importable: set ``PYTHONPATH``).
+
 A reply is an object with any of these keys:
 
 ``text``
@@ -84,22 +94,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, cast
 
-__all__ = ["OpenAIServer", "RecordedRequest", "Script", "main"]
+__all__ = [
+    "OpenAIServer",
+    "RecordedRequest",
+    "Reply",
+    "Responder",
+    "Script",
+    "load_responder",
+    "main",
+]
 
 Reply = dict[str, Any]
+Responder = Callable[[Mapping[str, Any]], Reply | None]
+"""A reply computed from the request's JSON body (``None``: no answer, use the default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +136,8 @@ class RecordedRequest:
 
 
 class Script:
-    """What the server answers: queued replies, matching rules and a default. Thread-safe."""
+    """What the server answers: matching rules, queued replies, a responder and a default.
+    Thread-safe (a responder is called outside the lock, from many threads at once)."""
 
     def __init__(
         self,
@@ -123,11 +145,13 @@ class Script:
         *,
         rules: Sequence[Reply] = (),
         default: Reply | None = None,
+        responder: Responder | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._replies: list[Reply] = [dict(reply) for reply in replies]
         self._rules: list[Reply] = [dict(rule) for rule in rules]
         self._default = default
+        self.responder = responder
 
     @classmethod
     def from_json(cls, data: object) -> Script:
@@ -173,7 +197,11 @@ class Script:
                     return rule
             if self._replies:
                 return self._replies.pop(0)
-            return self._default
+        if self.responder is not None:
+            reply = self.responder(body)
+            if reply is not None:
+                return reply
+        return self._default
 
 
 class OpenAIServer:
@@ -353,7 +381,11 @@ class _Handler(BaseHTTPRequestHandler):
                 400, "the body must be a JSON object with 'messages'", "invalid_request_error"
             )
             return
-        reply = owner.script.next_reply(body)
+        try:
+            reply = owner.script.next_reply(body)
+        except Exception as error:  # a responder's bug: say so instead of dropping the line
+            self._send_error(500, f"openai_server: responder failed: {error!r}", "server_error")
+            return
         if reply is None:
             self._send_error(500, "openai_server: script exhausted", "server_error")
             return
@@ -736,6 +768,19 @@ def _arguments(arguments: object, values: Mapping[str, str]) -> str:
 # Command line
 
 
+def load_responder(target: str) -> Responder:
+    """The function ``module:attribute`` names (``ValueError`` when it is not callable)."""
+    module_name, colon, attribute = target.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"a responder is given as 'module:function', got {target!r}")
+    found: object = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{target!r} is not callable")
+    return cast(Responder, found)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m openbuda.testing.openai_server",
@@ -748,11 +793,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--api-key", default=None, help="require this bearer token")
     parser.add_argument("--model", default="scripted", help="model id listed by GET /v1/models")
+    parser.add_argument(
+        "--responder",
+        metavar="MODULE:FUNCTION",
+        help="answer with this function of the request body (see the module docstring)",
+    )
     args = parser.parse_args(argv)
     if args.script is not None:
         script = Script.from_json(json.loads(args.script.read_text()))
+    elif args.responder is not None:
+        script = Script()
     else:
         script = Script(default={"text": "echo: {last_user}"})
+    if args.responder is not None:
+        script.responder = load_responder(args.responder)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
