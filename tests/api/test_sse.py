@@ -18,6 +18,7 @@ from openbuda.api.sse import (
     follow_session,
     format_event,
 )
+from openbuda.domain.errors import Unavailable
 from openbuda.domain.records import Event
 from openbuda.engine.broadcaster import InProcessBroadcaster
 from openbuda.ports import Subscription
@@ -282,3 +283,29 @@ async def test_the_response_ends_cleanly_on_failure_and_stops_on_disconnect() ->
         await EventStreamResponse(endless)(scope, leaves, send)
     assert stopped.is_set()
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+async def test_a_stream_rides_out_a_briefly_unavailable_store(
+    running: tuple[FakeSource, Sink, anyio.abc.TaskGroup],
+) -> None:
+    source, sink, group = running
+    source.store(event(1))
+    outage = 3
+    read = source.read
+
+    async def flaky(after: int, limit: int) -> list[Event]:
+        nonlocal outage
+        if outage:
+            outage -= 1
+            raise Unavailable("the database connection was lost; the work is retried")
+        return await read(after, limit)
+
+    flaky_source = StreamSource(flaky, source.subscribe, source.busy)
+    group.start_soon(
+        lambda: follow_session(flaky_source, sink, after=0, until_idle=False, heartbeat=10)
+    )
+    await sink.wait_for(1)
+    source.store(event(2))
+    await source.publish(event(2))
+    await sink.wait_for(2)
+    assert (sink.seqs, outage) == ([1, 2], 0)

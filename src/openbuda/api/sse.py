@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -32,6 +32,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from openbuda.api._json import dumps
+from openbuda.domain.errors import Unavailable
 from openbuda.domain.records import Event
 from openbuda.engine.bus import RESYNC
 from openbuda.ports import Subscription
@@ -50,6 +51,9 @@ Emit = Callable[[str], Awaitable[None]]
 """Sends one chunk of the stream (raises when the client is gone)."""
 
 REPLAY_PAGE: Final = 500
+STORE_PATIENCE: Final = 30.0
+"""Seconds a stream waits out an unavailable store before it ends (the client resumes)."""
+T = TypeVar("T")
 _STREAM_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -109,10 +113,27 @@ class _Follow:
         await self._emit(chunk)
         self.sent_at = anyio.current_time()
 
+    async def _patiently(self, read: Callable[[], Awaitable[T]]) -> T:
+        """``read()``, retried while the store is briefly unavailable (a database restart, a
+        dropped connection) for up to ``STORE_PATIENCE`` seconds, with keep-alive comments
+        meanwhile: the stream rides the outage out instead of ending."""
+        delay, waited = 0.1, 0.0
+        while True:
+            try:
+                return await read()
+            except Unavailable:
+                if waited >= STORE_PATIENCE:
+                    raise
+                if anyio.current_time() - self.sent_at >= self.heartbeat:
+                    await self.send(comment("the store is unavailable; retrying"))
+                await anyio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
+
     async def catch_up(self) -> None:
         """Send the stored events after the last one sent."""
         while True:
-            batch = await self.source.read(self.last, REPLAY_PAGE)
+            batch = await self._patiently(lambda: self.source.read(self.last, REPLAY_PAGE))
             for event in batch:
                 if event.seq > self.last:
                     await self.send(format_event(event.to_json()))
@@ -122,7 +143,7 @@ class _Follow:
 
     async def finished(self) -> bool:
         """With ``until_idle``: whether the session is idle (every stored event sent)."""
-        busy = await self.source.busy()
+        busy = await self._patiently(self.source.busy)
         if busy is None:
             return True  # the session was deleted: nothing more will come
         if not self.until_idle or busy:
