@@ -56,7 +56,7 @@ async def statuses(
 def assert_nothing_held(runtime: Runtime) -> None:
     assert runtime.organizer.running_count == 0
     assert runtime.broadcaster.subscriber_count() == 0
-    assert not runtime.organizer._agents
+    assert not runtime.organizer._placed
     assert not runtime.broadcaster._subscribers
 
 

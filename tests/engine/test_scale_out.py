@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from openbuda.domain.principal import Principal
-from openbuda.domain.records import Agent, Task
+from openbuda.domain.records import Agent, AgentSettings, Task
 from openbuda.ports import Store
 from openbuda.runtime import Runtime
 from openbuda.testing import FakeClock
@@ -136,6 +136,21 @@ async def test_an_agents_tasks_go_to_the_worker_its_computer_lives_on(cluster: C
     assert len(reaped) == 3
     await two.organizer.reap()
     assert sorted(ids(await two.organizer.claim(10))) == sorted(task_ids)
+
+
+async def test_an_agent_without_computer_tools_runs_on_every_worker(cluster: Cluster) -> None:
+    """Only agents that may use their computer are tied to one worker: an agent serving many
+    people with no computer tool spreads over all of them."""
+    space = await make_principal(cluster.store)
+    agent = await cluster.worker("client").agents.create(
+        space, name="chat-only", model="test:x", settings=AgentSettings(tools=["remember"])
+    )
+    task_ids = await cluster.queue(space, agent, 4)
+    one, two = cluster.worker("w1"), cluster.worker("w2")
+    assert ids(await one.organizer.claim(2)) == task_ids[:2]
+    assert ids(await two.organizer.claim(2)) == task_ids[2:]
+    async with cluster.store.write() as tx:
+        assert await tx.release_computers(None, None) == 0, "nothing was placed"
 
 
 async def test_a_worker_that_lost_a_placement_stops_that_computer(cluster: Cluster) -> None:

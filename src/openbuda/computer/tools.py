@@ -81,6 +81,8 @@ def _changed(entry: FileEntry) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class _ComputerTool:
     computers: Computers
+    uses_computer = True
+    """The agent's tasks are claimed where its computer lives (``engine.tools.uses_computer``)."""
 
     async def _open(self, context: ToolContext) -> tuple[Sandbox, SandboxView]:
         """The agent's computer and the session's view of it (``Unavailable``: it cannot

@@ -88,8 +88,9 @@ class Organizer:
         """Tells every process's workers that tasks were queued (the bus; default: here)."""
         self._wake = anyio.Event()
         self._running: dict[str, anyio.CancelScope] = {}
-        self._agents: dict[str, tuple[str, str]] = {}
-        """``(space_id, agent_id)`` of each task running here."""
+        self._placed: dict[str, tuple[str, str]] = {}
+        """``(space_id, agent_id)`` of each task running here whose agent's computer is placed
+        here (its heartbeat extends the placement)."""
         self.started = anyio.Event()
 
     # -- hooks for services --------------------------------------------------------------------
@@ -184,7 +185,6 @@ class Organizer:
             for task in claimed:
                 scope = anyio.CancelScope()
                 self._running[task.id] = scope
-                self._agents[task.id] = (task.space_id, task.agent_id)
                 group.start_soon(self._run_one, task, scope)
             if claimed and len(claimed) == free:
                 continue
@@ -207,11 +207,12 @@ class Organizer:
             chosen = self._fair_order(candidates, limit, per_space, per_agent)
             if not chosen:
                 return []
-            agents = [(task.space_id, task.agent_id) for task in chosen]
-            placed = await tx.place_computers(self.worker_id, agents, lease_until, now)
+            agents = await self._computer_users(tx, chosen)
+            pairs = sorted((space, agent) for agent, space in agents.items())
+            placed = await tx.place_computers(self.worker_id, pairs, lease_until, now)
             for task in chosen:
-                if task.agent_id not in placed:  # another worker's computer since the read
-                    continue
+                if task.agent_id in agents and task.agent_id not in placed:
+                    continue  # its computer was placed on another worker since the read
                 outcome = await transition(
                     tx,
                     TaskChange(
@@ -230,7 +231,20 @@ class Organizer:
                     claimed.append(outcome[0])
                     published += outcome[1]
         await self._publish(published)
+        for task in claimed:
+            if task.agent_id in agents:
+                self._placed[task.id] = (task.space_id, task.agent_id)
         return claimed
+
+    async def _computer_users(self, tx: WriteTx, tasks: Sequence[Task]) -> dict[str, str]:
+        """``(space_id, agent_id)`` of the agents among ``tasks``' that may use their computer
+        (a ``uses_computer`` tool enabled): only their tasks are tied to a placement."""
+        found: dict[str, str] = {}
+        for space_id, agent_id in {(task.space_id, task.agent_id) for task in tasks}:
+            agent = await tx.get_agent(space_id, agent_id)
+            if agent is not None and self.deps.tools.needs_computer(agent):
+                found[agent_id] = space_id
+        return found
 
     def _fair_order(
         self,
@@ -282,7 +296,7 @@ class Organizer:
             await self._fail_internal(task, error)
         finally:
             self._running.pop(task.id, None)
-            self._agents.pop(task.id, None)
+            self._placed.pop(task.id, None)
             self.wake()
 
     async def _fail_internal(self, task: Task, error: Exception) -> None:
@@ -326,7 +340,7 @@ class Organizer:
         now = self.deps.clock.now()
         until = now + timedelta(seconds=self.deps.settings.lease_seconds)
         kept = list(self.computers.placed())
-        agents = {*kept, *self._agents.values()}
+        agents = {*kept, *self._placed.values()}
         async with self.deps.store.write() as tx:
             if self._running:
                 await tx.extend_leases(self.worker_id, list(self._running), until)

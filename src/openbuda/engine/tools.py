@@ -27,6 +27,7 @@ __all__ = [
     "ToolRegistry",
     "check_args",
     "load_tools",
+    "uses_computer",
 ]
 
 ASK_USER = "ask_user"
@@ -126,6 +127,13 @@ class Tool(Protocol):
     async def run(self, context: ToolContext, args: dict[str, Any]) -> ToolOutcome: ...
 
 
+def uses_computer(tool: Tool) -> bool:
+    """Whether ``tool`` runs in the agent's computer: a tool says so with a ``uses_computer``
+    attribute set to ``True`` (the computer tools do). An agent with such a tool enabled has
+    its tasks claimed where its computer lives; others run on any worker."""
+    return getattr(tool, "uses_computer", False) is True
+
+
 class ToolRegistry:
     """The tools a process offers; each agent enables a subset (``settings.tools``)."""
 
@@ -151,6 +159,10 @@ class ToolRegistry:
         if enabled is None:
             return dict(self._tools)
         return {name: tool for name, tool in self._tools.items() if name in enabled}
+
+    def needs_computer(self, agent: Agent) -> bool:
+        """Whether a tool ``agent`` may use runs in its computer (``uses_computer``)."""
+        return any(uses_computer(tool) for tool in self.for_agent(agent).values())
 
     def specs_for(self, agent: Agent) -> tuple[ToolSpec, ...]:
         return (ASK_USER_SPEC, *(tool.spec for tool in self.for_agent(agent).values()))
