@@ -237,8 +237,8 @@ class Organizer:
         return claimed
 
     async def _computer_users(self, tx: WriteTx, tasks: Sequence[Task]) -> dict[str, str]:
-        """``(space_id, agent_id)`` of the agents among ``tasks``' that may use their computer
-        (a ``uses_computer`` tool enabled): only their tasks are tied to a placement."""
+        """The agents among ``tasks``' that may use their computer (a ``uses_computer`` tool
+        enabled), as ``agent_id -> space_id``: only their tasks are tied to a placement."""
         found: dict[str, str] = {}
         for space_id, agent_id in {(task.space_id, task.agent_id) for task in tasks}:
             agent = await tx.get_agent(space_id, agent_id)
