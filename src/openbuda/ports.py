@@ -560,6 +560,10 @@ class ClusterWriter(Protocol):
         """The process stopped cleanly."""
         ...
 
+    async def prune_processes(self, seen_before: datetime) -> int:
+        """Forget the processes not seen since ``seen_before`` (killed, never restarted)."""
+        ...
+
     async def place_computers(
         self,
         worker_id: str,

@@ -45,6 +45,11 @@ async def test_processes_register_heartbeat_and_leave(world: World) -> None:
     async with world.store.read() as tx:
         status = await tx.cluster_status(at(10))
     assert [(p.id, p.seen_at, p.pid) for p in status.processes] == [("w1", at(9), 4242)]
+    async with world.store.write() as tx:
+        await tx.register_process(process("w-old", seen=-3600))
+        assert await tx.prune_processes(at(-60)) == 1  # only the one not seen since
+    async with world.store.read() as tx:
+        assert [p.id for p in (await tx.cluster_status(at(10))).processes] == ["w1"]
 
 
 async def test_a_placement_is_taken_extended_and_taken_over_only_once_expired(

@@ -2,7 +2,8 @@
 clean stop — what ``openbuda status`` lists as the deployment's processes.
 
 A process killed outright leaves its row behind with an old ``seen_at``; a restart with the same
-id (``--worker-id``) takes the row over.
+id (``--worker-id``) takes the row over, and any process that starts forgets rows not seen for a
+day.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import timedelta
+from typing import Final
 
 import anyio
 from anyio.abc import TaskStatus as AnyioTaskStatus
@@ -17,7 +20,9 @@ from anyio.abc import TaskStatus as AnyioTaskStatus
 from openbuda import __version__
 from openbuda.ports import Clock, ProcessInfo, ProcessKind, Store
 
-__all__ = ["Presence"]
+__all__ = ["FORGET_AFTER", "Presence"]
+
+FORGET_AFTER: Final = timedelta(days=1)
 
 log = logging.getLogger("openbuda.engine")
 
@@ -51,8 +56,12 @@ class Presence:
         )
 
     async def register(self) -> None:
+        """Register, and forget the processes not seen for ``FORGET_AFTER`` (killed and never
+        started again: they would stay in ``openbuda status`` for ever)."""
+        info = self._info()
         async with self.store.write() as tx:
-            await tx.register_process(self._info())
+            await tx.prune_processes(info.seen_at - FORGET_AFTER)
+            await tx.register_process(info)
 
     async def heartbeat(self) -> None:
         async with self.store.write() as tx:

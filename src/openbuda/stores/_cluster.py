@@ -63,6 +63,7 @@ _RUNNING_COUNTS: Final = (
 _HEARTBEAT: Final = (
     update(processes).where(processes.c.id == p_str("process")).values(seen_at=p_time("now"))
 )
+_PRUNE: Final = delete(processes).where(processes.c.seen_at < p_time("before"))
 _REMOVE: Final = delete(processes).where(processes.c.id == p_str("process"))
 
 
@@ -180,6 +181,10 @@ class ClusterWrites:
 
     async def remove_process(self, process_id: str) -> None:
         await self._runner.execute(_REMOVE, {"process": process_id})
+
+    async def prune_processes(self, seen_before: datetime) -> int:
+        result = await self._runner.execute(_PRUNE, {"before": seen_before})
+        return result.rowcount
 
     async def place_computers(
         self,
