@@ -24,6 +24,7 @@ import anyio
 
 from openbuda.domain.conversation import ToolSpec
 from openbuda.engine.tools import Tool, ToolContext, ToolOutcome
+from openbuda.testing.tools import append_line
 
 __all__ = ["EffectLine", "EffectTool", "read_effects", "tools"]
 
@@ -52,18 +53,9 @@ class EffectTool:
 
     async def run(self, context: ToolContext, args: dict[str, Any]) -> ToolOutcome:
         line = f"{context.idempotency_key} {self.worker_id} {os.getpid()} {time.time():.6f}\n"
-        await anyio.to_thread.run_sync(_append, self.log_path, line.encode())
+        await anyio.to_thread.run_sync(append_line, self.log_path, line.encode())
         await anyio.sleep(self.hold_seconds)
         return ToolOutcome(f"effect {args['label']} made")
-
-
-def _append(path: Path, line: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def tools() -> list[Tool]:

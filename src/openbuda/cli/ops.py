@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Connection, make_url
+from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from openbuda.cli._common import details, listing, when
@@ -39,7 +37,6 @@ from openbuda.domain.errors import OpenbudaError
 from openbuda.ports import ClusterStatus
 from openbuda.settings import Settings
 from openbuda.stores import SqlStore, open_store
-from openbuda.stores.migrate import alembic_config
 
 __all__ = [
     "StatusUnavailable",
@@ -154,28 +151,13 @@ async def _run_until_signal(settings: Settings, url: str, ready: Callable[[str],
 async def missing_revisions(store: SqlStore) -> list[str]:
     """The migrations the store's database lacks, oldest first (``[]``: up to date). Raises
     ``StatusUnavailable`` for a database migrated by a newer openbuda."""
-
-    def compare(connection: Connection) -> list[str]:
-        script = ScriptDirectory.from_config(alembic_config())
-        current = MigrationContext.configure(connection).get_current_heads()
-        known = {revision.revision for revision in script.walk_revisions()}
-        unknown = [revision for revision in current if revision not in known]
-        if unknown:
-            raise StatusUnavailable(
-                f"the database is at revision {unknown[0]!r}, newer than this openbuda knows: "
-                "run the openbuda version that migrated it"
-            )
-        applied = (
-            {revision.revision for revision in script.iterate_revisions(current, "base")}
-            if current
-            else set[str]()
+    unknown, missing = await store.schema_revisions()
+    if unknown:
+        raise StatusUnavailable(
+            f"the database is at revision {unknown[0]!r}, newer than this openbuda knows: "
+            "run the openbuda version that migrated it"
         )
-        return [
-            r.revision for r in reversed(list(script.walk_revisions())) if r.revision not in applied
-        ]
-
-    async with store._connect(write=False) as runner:
-        return await runner.run_sync(compare)
+    return missing
 
 
 async def read_status(settings: Settings, now: datetime | None = None) -> ClusterStatus:

@@ -341,6 +341,8 @@ class Organizer:
         until = now + timedelta(seconds=self.deps.settings.lease_seconds)
         kept = list(self.computers.placed())
         agents = {*kept, *self._placed.values()}
+        if not self._running and not agents:
+            return  # nothing to extend: an idle process writes nothing
         async with self.deps.store.write() as tx:
             if self._running:
                 await tx.extend_leases(self.worker_id, list(self._running), until)

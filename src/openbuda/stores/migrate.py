@@ -15,6 +15,8 @@ from typing import Final
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "downgrade_connection",
     "make_revision",
     "migrate",
+    "schema_revisions",
     "upgrade_connection",
 ]
 
@@ -38,6 +41,24 @@ def alembic_config(connection: Connection | None = None, *, url: str | None = No
     if connection is not None:
         config.attributes["connection"] = connection
     return config
+
+
+def schema_revisions(connection: Connection) -> tuple[list[str], list[str]]:
+    """``(unknown, missing)``: the revisions the database is at that this openbuda does not
+    know (a newer openbuda migrated it), and the ones it lacks, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    current = MigrationContext.configure(connection).get_current_heads()
+    known = {revision.revision for revision in script.walk_revisions()}
+    unknown = [revision for revision in current if revision not in known]
+    if unknown:
+        return unknown, []
+    applied = (
+        {revision.revision for revision in script.iterate_revisions(current, "base")}
+        if current
+        else set[str]()
+    )
+    oldest_first = reversed(list(script.walk_revisions()))
+    return [], [r.revision for r in oldest_first if r.revision not in applied]
 
 
 def upgrade_connection(connection: Connection, revision: str = "head") -> None:

@@ -30,7 +30,7 @@ from openbuda.stores._connections import StatementRunner
 from openbuda.stores._queries import DialectTraits
 from openbuda.stores._reads import SqlReadTx
 from openbuda.stores._writes import SqlWriteTx
-from openbuda.stores.migrate import upgrade_connection
+from openbuda.stores.migrate import schema_revisions, upgrade_connection
 
 __all__ = ["MIGRATION_WAIT_S", "SqlReadTx", "SqlStore", "SqlWriteTx"]
 
@@ -106,6 +106,12 @@ class SqlStore:
                     raise
                 log.info("the database is busy (another migration?); trying again")
                 await anyio.sleep(0.5)
+
+    async def schema_revisions(self) -> tuple[list[str], list[str]]:
+        """``(unknown, missing)`` revisions of the database's schema, read without changing
+        anything (``migrate.schema_revisions``)."""
+        async with self._connect(write=False) as runner:
+            return await runner.run_sync(schema_revisions)
 
     async def close(self) -> None:
         """Dispose of the engines and their connections; the store is unusable afterwards."""

@@ -12,7 +12,7 @@ import anyio
 from openbuda.domain.conversation import ToolSpec
 from openbuda.engine.tools import ToolContext, ToolOutcome
 
-__all__ = ["RecordingTool"]
+__all__ = ["RecordingTool", "append_line"]
 
 
 @dataclass
@@ -49,14 +49,15 @@ class RecordingTool:
         self.calls.append((context.idempotency_key, args))
         if self.log_path is not None:
             line = f"{context.idempotency_key} {text}\n".encode()
-            await anyio.to_thread.run_sync(_append_line, self.log_path, line)
+            await anyio.to_thread.run_sync(append_line, self.log_path, line)
         await context.emit_output("stdout", text)
         if self.delay_s:
             await anyio.sleep(self.delay_s)
         return ToolOutcome(f"echo: {text}")
 
 
-def _append_line(path: Path, line: bytes) -> None:
+def append_line(path: Path, line: bytes) -> None:
+    """One ``O_APPEND`` write and an fsync: a line that survives a kill right after it."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
